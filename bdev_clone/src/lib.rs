@@ -1,0 +1,14 @@
+//! bdev_clone's engine: everything that decides where an I/O goes, what is
+//! copied and when metadata is committed. No SPDK here: the engine talks to
+//! block devices through [`io::Backend`], so the same code runs inside SPDK,
+//! in the deterministic simulator and over plain files.
+
+pub mod engine;
+pub mod geometry;
+pub mod io;
+pub mod metadata;
+pub mod region_map;
+
+pub use engine::{CloneState, Engine, OpenError, OpenInfo, OpenParams, Settings, Shared, Status};
+pub use geometry::{DeviceInfo, Geometry, DEFAULT_REGION_SIZE};
+pub use io::*;

@@ -1,0 +1,439 @@
+//! Targeted engine behaviour on simulated devices: routing, the commit
+//! protocol on the wire, metadata loading and failure states.
+
+use bdev_clone::{CloneState, Dev, DevOp, IoError, OpenError, UserOp};
+use bdev_clone_sim::harness::{devices, meta_bytes_for, params_for, Harness};
+use bdev_clone_sim::host::TraceEvent;
+use bdev_clone_sim::oracle::Value;
+
+const RS: u32 = 4096; // 8 blocks per region
+
+fn w(id: u64, from: u64, n: u64) -> Vec<Value> {
+    (from..from + n)
+        .map(|b| Value::Write { id, block: b })
+        .collect()
+}
+
+fn open(blocks: u64) -> Harness {
+    let devs = devices(blocks, blocks, meta_bytes_for(blocks / 8 + 1) + 4096);
+    let p = params_for(&devs, RS);
+    let (h, r) = Harness::open(devs, p);
+    r.expect("open");
+    h
+}
+
+fn count(trace: &[TraceEvent], f: impl Fn(&TraceEvent) -> bool) -> usize {
+    trace.iter().filter(|e| f(e)).count()
+}
+
+#[test]
+fn reads_route_to_source_until_hydrated() {
+    let mut h = open(64);
+    assert_eq!(
+        h.read_values(8, 8),
+        (8..16).map(|b| Some(Value::Source(b))).collect::<Vec<_>>()
+    );
+    h.trace();
+    // A partial write hydrates its region first: the rest of it reads as source.
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 10, 2, &w(1, 10, 2)).0,
+        Ok(())
+    );
+    let t = h.trace();
+    assert_eq!(
+        count(&t, |e| matches!(
+            e,
+            TraceEvent::Submit(
+                Dev::Source,
+                DevOp::Read {
+                    offset_blocks: 8,
+                    num_blocks: 8,
+                    ..
+                }
+            )
+        )),
+        1
+    );
+    let got = h.read_values(8, 8);
+    for (i, v) in got.iter().enumerate() {
+        let b = 8 + i as u64;
+        let want = if (10..12).contains(&b) {
+            Value::Write { id: 1, block: b }
+        } else {
+            Value::Source(b)
+        };
+        assert_eq!(*v, Some(want));
+    }
+    // Reads of the hydrated region now go to the destination.
+    let t = h.trace();
+    assert!(t
+        .iter()
+        .all(|e| !matches!(e, TraceEvent::Submit(Dev::Source, _))));
+}
+
+#[test]
+fn full_region_write_skips_the_copy() {
+    let mut h = open(64);
+    h.trace();
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 16, 8, &w(2, 16, 8)).0,
+        Ok(())
+    );
+    let t = h.trace();
+    assert_eq!(
+        count(&t, |e| matches!(e, TraceEvent::Submit(Dev::Source, _))),
+        0
+    );
+    assert_eq!(h.engine.status().stats.regions_hydrated, 1);
+}
+
+#[test]
+fn reads_and_writes_crossing_a_region_are_refused() {
+    let mut h = open(64);
+    assert_eq!(h.io(UserOp::Read, 6, 4, &[]).0, Err(IoError::Invalid));
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 6, 4, &w(3, 6, 4)).0,
+        Err(IoError::Invalid)
+    );
+    assert_eq!(h.io(UserOp::Read, 60, 8, &[]).0, Err(IoError::Invalid));
+}
+
+#[test]
+fn flush_commits_with_destination_flushed_first_and_once() {
+    let mut h = open(64);
+    h.io(UserOp::Write { fua: false }, 1, 1, &w(4, 1, 1))
+        .0
+        .unwrap();
+    h.trace();
+    assert_eq!(h.io(UserOp::Flush, 0, 0, &[]).0, Ok(()));
+    let t = h.trace();
+    let dest_flushes = count(&t, |e| {
+        matches!(e, TraceEvent::Submit(Dev::Dest, DevOp::Flush))
+    });
+    assert_eq!(
+        dest_flushes, 1,
+        "a user flush that commits is not flushed twice"
+    );
+    let flush_done = t
+        .iter()
+        .position(|e| matches!(e, TraceEvent::Complete(Dev::Dest, DevOp::Flush, true)))
+        .unwrap();
+    let first_meta_write = t
+        .iter()
+        .position(|e| matches!(e, TraceEvent::Submit(Dev::Meta, DevOp::Write { .. })))
+        .unwrap();
+    assert!(
+        flush_done < first_meta_write,
+        "metadata written before the destination flush completed: {t:?}"
+    );
+    // pages, flush, superblock, flush
+    let meta: Vec<_> = t
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::Submit(Dev::Meta, op) => Some(*op),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(
+            meta[..],
+            [
+                DevOp::Write { .. },
+                DevOp::Flush,
+                DevOp::Write {
+                    offset_blocks: 0 | 8,
+                    ..
+                },
+                DevOp::Flush
+            ]
+        ),
+        "{meta:?}"
+    );
+}
+
+#[test]
+fn commit_with_nothing_new_sends_nothing_to_metadata() {
+    let mut h = open(64);
+    h.trace();
+    assert_eq!(h.io(UserOp::Flush, 0, 0, &[]).0, Ok(()));
+    let t = h.trace();
+    assert_eq!(
+        count(&t, |e| matches!(e, TraceEvent::Submit(Dev::Meta, _))),
+        0
+    );
+    assert_eq!(
+        count(&t, |e| matches!(
+            e,
+            TraceEvent::Submit(Dev::Dest, DevOp::Flush)
+        )),
+        1
+    );
+}
+
+#[test]
+fn commit_cost_follows_regions_changed_not_device_size() {
+    let mut bytes = Vec::new();
+    for blocks in [1u64 << 10, 1 << 16] {
+        let mut h = open(blocks);
+        h.io(UserOp::Write { fua: false }, 0, 8, &w(5, 0, 8))
+            .0
+            .unwrap();
+        let before = h.engine.status().stats.meta_bytes_written;
+        h.io(UserOp::Flush, 0, 0, &[]).0.unwrap();
+        bytes.push(h.engine.status().stats.meta_bytes_written - before);
+    }
+    assert_eq!(bytes[0], bytes[1]);
+    assert_eq!(bytes[0], 4096 + 512, "one page and one superblock sector");
+}
+
+#[test]
+fn periodic_commit_persists_hydration() {
+    let mut h = open(256);
+    let mut s = h.engine.settings().clone();
+    s.hydration_enabled = true;
+    s.commit_interval_ms = 5;
+    h.engine.set_settings(s);
+    assert!(h.poll_until(1000, |h| h.engine.state() == CloneState::Hydrated));
+    assert!(h.poll_until(100, |h| h.engine.committed_regions() == 32));
+    let devs = h.crash();
+    let p = params_for(&devs, RS);
+    let (h2, r) = Harness::open(devs, p);
+    assert_eq!(r.unwrap().regions_hydrated, 32);
+    assert_eq!(h2.engine.state(), CloneState::Hydrated);
+}
+
+#[test]
+fn fua_write_is_durable_with_its_hydration() {
+    let mut h = open(64);
+    h.io(UserOp::Write { fua: true }, 3, 1, &w(6, 3, 1))
+        .0
+        .unwrap();
+    let devs = h.crash();
+    let p = params_for(&devs, RS);
+    let (mut h2, r) = Harness::open(devs, p);
+    r.unwrap();
+    assert_eq!(
+        h2.read_values(3, 1),
+        vec![Some(Value::Write { id: 6, block: 3 })]
+    );
+}
+
+#[test]
+fn unflushed_write_may_be_lost_but_never_garbage() {
+    let mut h = open(64);
+    h.io(UserOp::Write { fua: false }, 3, 1, &w(7, 3, 1))
+        .0
+        .unwrap();
+    let devs = h.crash();
+    let p = params_for(&devs, RS);
+    let (mut h2, _) = Harness::open(devs, p);
+    assert_eq!(h2.read_values(3, 1), vec![Some(Value::Source(3))]);
+}
+
+#[test]
+fn torn_superblock_falls_back_to_the_other_slot() {
+    let mut h = open(64);
+    h.io(UserOp::Write { fua: false }, 3, 1, &w(8, 3, 1))
+        .0
+        .unwrap();
+    h.io(UserOp::Flush, 0, 0, &[]).0.unwrap(); // seq 2 in slot 1
+    let mut devs = h.crash();
+    // Corrupt slot 1 (the newest): slot 0 (seq 1) must be used; pages carry
+    // their own versions, so the committed region survives.
+    devs[2].write(8, &[0xAB; 512], true);
+    let p = params_for(&devs, RS);
+    let (mut h2, r) = Harness::open(devs, p);
+    assert_eq!(r.unwrap().regions_hydrated, 1);
+    assert_eq!(
+        h2.read_values(3, 1),
+        vec![Some(Value::Write { id: 8, block: 3 })]
+    );
+}
+
+#[test]
+fn both_superblocks_corrupt_is_refused_unless_format() {
+    let h = open(64);
+    let mut devs = h.crash();
+    devs[2].write(0, &[0xAB; 512], true);
+    let mut devs2 = devices(64, 64, meta_bytes_for(9) + 4096);
+    let mut p = params_for(&devs, RS);
+    for (i, d) in devs.iter_mut().enumerate() {
+        let mut buf = vec![0u8; d.block_size * d.num_blocks as usize];
+        d.read(0, &mut buf);
+        devs2[i].write(0, &buf, true);
+    }
+    devs2[2].write(0, &[0x42; 512], true);
+    devs2[2].write(8, &[0x42; 512], true);
+    // Our magic, bad checksums: corrupt.
+    let mut magic = [0u8; 512];
+    magic[..8].copy_from_slice(b"BDVCLONE");
+    devs2[2].write(0, &magic, true);
+    devs2[2].write(8, &magic, true);
+    let (_, r) = Harness::open(devs2, p.clone());
+    assert!(matches!(r, Err(OpenError::Corrupt(_))), "{r:?}");
+    let msg = r.unwrap_err().to_string();
+    assert!(msg.contains("format"), "{msg}");
+    // Foreign data: refused as not ours.
+    devs[2].write(8, &[0xAB; 512], true);
+    let (_, r) = Harness::open(devs, p.clone());
+    assert!(matches!(r, Err(OpenError::Mismatch(_))), "{r:?}");
+    let devs = devices(64, 64, meta_bytes_for(9) + 4096);
+    p.format = true;
+    let (_, r) = Harness::open(devs, p);
+    assert!(r.unwrap().formatted);
+}
+
+#[test]
+fn metadata_of_other_devices_is_refused() {
+    let devs = devices(64, 64, meta_bytes_for(9) + 4096);
+    let mut p = params_for(&devs, RS);
+    p.source_id = [1; 16];
+    p.source_name = "golden".into();
+    let (h, r) = Harness::open(devs, p.clone());
+    r.unwrap();
+    let devs = h.crash();
+    let mut other = p.clone();
+    other.source_id = [2; 16];
+    other.source_name = "other".into();
+    let (h, r) = Harness::open(devs, other.clone());
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("golden") && e.contains("format"), "{e}");
+    let devs = h.crash();
+    other.region_size = Some(8192);
+    other.source_id = p.source_id;
+    let (h, r) = Harness::open(devs, other);
+    assert!(r.unwrap_err().to_string().contains("region size"));
+    // A different source size is a mismatch too.
+    let mut devs = h.crash();
+    devs[0] = bdev_clone_sim::device::SimDevice::new(512, 72, |b, o| Value::Source(b).fill(o));
+    devs[1] = bdev_clone_sim::device::SimDevice::new(512, 72, |b, o| Value::Garbage(b).fill(o));
+    let p2 = params_for(&devs, RS);
+    let (_, r) = Harness::open(devs, p2);
+    assert!(matches!(r, Err(OpenError::Mismatch(_))));
+}
+
+#[test]
+fn bad_geometry_is_refused_with_a_reason() {
+    let devs = devices(64, 32, 1 << 20);
+    let p = params_for(&devs, RS);
+    let (_, r) = Harness::open(devs, p);
+    assert!(r
+        .unwrap_err()
+        .to_string()
+        .contains("smaller than the source"));
+    let devs = devices(64, 64, 4096);
+    let p = params_for(&devs, RS);
+    let (_, r) = Harness::open(devs, p);
+    assert!(matches!(r, Err(OpenError::MetaTooSmall { .. })));
+    let devs = devices(64, 64, 1 << 20);
+    let p = params_for(&devs, 3000);
+    let (_, r) = Harness::open(devs, p);
+    assert!(r.unwrap_err().to_string().contains("power of two"));
+}
+
+#[test]
+fn destination_flush_failure_fails_the_clone_and_marks_nothing() {
+    let mut h = open(64);
+    h.io(UserOp::Write { fua: false }, 3, 1, &w(9, 3, 1))
+        .0
+        .unwrap();
+    h.host().dev_mut(Dev::Dest).faults.flush_error = 1000;
+    assert_eq!(h.io(UserOp::Flush, 0, 0, &[]).0, Err(IoError::Io));
+    assert_eq!(h.engine.state(), CloneState::Failed);
+    assert!(h.engine.status().error.unwrap().contains("destination"));
+    assert_eq!(h.engine.committed_regions(), 0);
+    // Writes refused, reads served.
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 3, 1, &w(10, 3, 1)).0,
+        Err(IoError::ReadOnly)
+    );
+    assert_eq!(
+        h.read_values(3, 1),
+        vec![Some(Value::Write { id: 9, block: 3 })]
+    );
+    assert_eq!(h.io(UserOp::Flush, 0, 0, &[]).0, Err(IoError::ReadOnly));
+}
+
+#[test]
+fn metadata_write_failure_makes_the_clone_read_only() {
+    let mut h = open(64);
+    h.io(UserOp::Write { fua: false }, 3, 1, &w(11, 3, 1))
+        .0
+        .unwrap();
+    h.host().dev_mut(Dev::Meta).faults.write_error = 1000;
+    assert_eq!(h.io(UserOp::Flush, 0, 0, &[]).0, Err(IoError::Io));
+    assert_eq!(h.engine.state(), CloneState::ReadOnly);
+    assert!(h.engine.status().error.unwrap().contains("metadata"));
+}
+
+#[test]
+fn discard_of_whole_unhydrated_regions_skips_their_copy() {
+    let mut h = open(64);
+    assert_eq!(h.io(UserOp::Unmap, 4, 20, &[]).0, Ok(()));
+    // Regions 1 and 2 are wholly covered: hydrated without a copy.
+    assert_eq!(h.engine.status().stats.regions_hydrated, 2);
+    // The partly covered regions still read as the source.
+    assert_eq!(
+        h.read_values(4, 4),
+        (4..8).map(|b| Some(Value::Source(b))).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn release_source_needs_full_hydration() {
+    let mut h = open(64);
+    assert!(h
+        .engine
+        .release_source()
+        .unwrap_err()
+        .contains("not fully hydrated"));
+    let mut s = h.engine.settings().clone();
+    s.hydration_enabled = true;
+    h.engine.set_settings(s);
+    assert!(h.poll_until(1000, |h| h.engine.state() == CloneState::Hydrated));
+    h.engine.release_source().unwrap();
+    h.run();
+    assert!(h
+        .take_notices()
+        .contains(&bdev_clone::Notice::SourceReleased(Ok(()))));
+    assert_eq!(h.engine.state(), CloneState::SourceReleased);
+    h.trace();
+    h.read_values(0, 8);
+    assert!(h
+        .trace()
+        .iter()
+        .all(|e| !matches!(e, TraceEvent::Submit(Dev::Source, _))));
+    // Restart without a source: the metadata says it was released.
+    let devs = h.crash();
+    let mut p = params_for(&devs, RS);
+    p.source = None;
+    let (mut h2, r) = Harness::open(devs, p);
+    assert!(r.unwrap().source_released);
+    assert_eq!(h2.read_values(0, 1), vec![Some(Value::Source(0))]);
+}
+
+#[test]
+fn rate_limit_bounds_background_hydration() {
+    let mut h = open(2048); // 256 regions of 4 KiB = 1 MiB
+    let mut s = h.engine.settings().clone();
+    s.hydration_enabled = true;
+    s.max_bandwidth_mb_sec = 1;
+    h.engine.set_settings(s);
+    // 100 polls 1 ms apart: 0.1 s at 1 MiB/s allows about 100 KiB (+ a burst).
+    h.poll_until(100, |_| false);
+    let bytes = h.engine.status().stats.bytes_hydrated;
+    assert!((64 * 1024..=130 * 1024).contains(&bytes), "{bytes}");
+}
+
+#[test]
+fn shutdown_commits_and_stops() {
+    let mut h = open(64);
+    h.io(UserOp::Write { fua: false }, 3, 1, &w(12, 3, 1))
+        .0
+        .unwrap();
+    h.engine.shutdown();
+    h.run();
+    h.engine.poll();
+    assert!(h.take_notices().contains(&bdev_clone::Notice::Stopped));
+    assert_eq!(h.engine.committed_regions(), 1);
+}
