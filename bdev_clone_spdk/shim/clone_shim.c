@@ -1,0 +1,53 @@
+/*
+ * The parts of bdev_clone that must be C: SPDK's registration macros expand
+ * to constructors and static tables. Everything else is Rust.
+ */
+#include <spdk/stdinc.h>
+#include <spdk/bdev_module.h>
+#include <spdk/rpc.h>
+
+/* Implemented in Rust (src/module.rs, src/rpc.rs). */
+int bdev_clone_rs_module_init(void);
+void bdev_clone_rs_module_fini(void);
+int bdev_clone_rs_get_ctx_size(void);
+int bdev_clone_rs_config_json(struct spdk_json_write_ctx *w);
+void bdev_clone_rs_rpc(int method, struct spdk_jsonrpc_request *request,
+		       const struct spdk_json_val *params);
+
+static struct spdk_bdev_module g_bdev_clone_if = {
+	.name = "bdev_clone",
+	.module_init = bdev_clone_rs_module_init,
+	.module_fini = bdev_clone_rs_module_fini,
+	.get_ctx_size = bdev_clone_rs_get_ctx_size,
+	.config_json = bdev_clone_rs_config_json,
+};
+
+SPDK_BDEV_MODULE_REGISTER(bdev_clone, &g_bdev_clone_if)
+
+struct spdk_bdev_module *
+bdev_clone_module(void)
+{
+	return &g_bdev_clone_if;
+}
+
+#define CLONE_RPC(idx, method)                                                       \
+	static void rpc_##method(struct spdk_jsonrpc_request *r,                     \
+				 const struct spdk_json_val *p)                      \
+	{                                                                            \
+		bdev_clone_rs_rpc(idx, r, p);                                        \
+	}                                                                            \
+	SPDK_RPC_REGISTER(#method, rpc_##method, SPDK_RPC_RUNTIME)
+
+/* Indices match rpc::Method in Rust. */
+CLONE_RPC(0, bdev_clone_create)
+CLONE_RPC(1, bdev_clone_delete)
+CLONE_RPC(2, bdev_clone_get_clones)
+CLONE_RPC(3, bdev_clone_set_hydration)
+CLONE_RPC(4, bdev_clone_release_source)
+
+/* Inline in SPDK's headers, so bindgen has no symbol for it. */
+void *
+bdev_clone_channel_ctx(struct spdk_io_channel *ch)
+{
+	return spdk_io_channel_get_ctx(ch);
+}

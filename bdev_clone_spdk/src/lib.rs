@@ -1,0 +1,7 @@
+//! bdev_clone inside SPDK: the virtual bdev module, its JSON-RPC methods and
+//! the glue between SPDK's threads, channels and callbacks and the clone
+//! engine. All unsafe code of the project lives here and in spdk-sys.
+
+mod ffi;
+mod rpc;
+pub mod vbdev;

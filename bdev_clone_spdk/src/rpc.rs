@@ -1,0 +1,169 @@
+//! The module's entry points from C: module callbacks and the JSON-RPC
+//! methods (registered by the shim). Every parameter is decoded with serde
+//! into a typed struct; a bad one gets -EINVAL with a message naming it.
+
+use crate::ffi::{self, Responder};
+use crate::vbdev::{self, libc_errno::*, CreateParams};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use spdk_sys as sys;
+use std::ffi::c_int;
+
+#[unsafe(no_mangle)]
+pub extern "C" fn bdev_clone_rs_module_init() -> c_int {
+    0
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn bdev_clone_rs_module_fini() {}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn bdev_clone_rs_get_ctx_size() -> c_int {
+    0
+}
+
+/// `save_config`: one `bdev_clone_create` per clone, which resumes it.
+#[unsafe(no_mangle)]
+pub extern "C" fn bdev_clone_rs_config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
+    ffi::guard("config_json", 0, || {
+        vbdev::for_each_clone(|c| {
+            // SAFETY: SPDK's writer, positioned inside the bdev config array.
+            unsafe { ffi::write_value(w, &c.config()) }
+        });
+        0
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameParam {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetParams {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetHydrationParams {
+    name: String,
+    enabled: Option<bool>,
+    hydration_threshold: Option<u32>,
+    hydration_batch_size: Option<u32>,
+    max_bandwidth_mb_sec: Option<u64>,
+}
+
+fn decode<T: DeserializeOwned>(params: Option<Value>) -> Result<T, String> {
+    let v = params.unwrap_or(Value::Object(Default::default()));
+    if !v.is_object() {
+        return Err("params must be an object".into());
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        }
+    })
+}
+
+fn no_clone(name: &str) -> (i32, String) {
+    (ENODEV, format!("no clone named '{name}'"))
+}
+
+/// # Safety
+/// Called by the shim's registered RPC handlers with SPDK's live request.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bdev_clone_rs_rpc(
+    method: c_int,
+    request: *mut sys::spdk_jsonrpc_request,
+    params: *const sys::spdk_json_val,
+) {
+    // SAFETY: the request is live and answered exactly once below.
+    let reply = unsafe { Responder::new(request) };
+    // SAFETY: SPDK's parsed params (or null).
+    let params = unsafe { ffi::json_value(params) };
+    ffi::guard("rpc", (), move || dispatch(method, params, reply));
+}
+
+fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
+    let mut reply = Some(reply);
+    let mut take = || reply.take().expect("answered once");
+    let result: Result<Option<Value>, (i32, String)> = (|| match method {
+        0 => {
+            let p: CreateParams = decode(params).map_err(|m| (EINVAL, m))?;
+            vbdev::create(p, take());
+            Ok(None)
+        }
+        1 => {
+            let p: NameParam = decode(params).map_err(|m| (EINVAL, m))?;
+            let c = vbdev::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
+            // SAFETY: registry pointers are live on this thread.
+            let c = unsafe { &mut *c };
+            c.delete(take());
+            Ok(None)
+        }
+        2 => {
+            let p: GetParams = decode(params).map_err(|m| (EINVAL, m))?;
+            let mut out = Vec::new();
+            vbdev::for_each_clone(|c| {
+                if c.is_open() && p.name.as_deref().is_none_or(|n| n == c.params.name) {
+                    out.push(c.info());
+                }
+            });
+            if let (Some(n), true) = (&p.name, out.is_empty()) {
+                return Err(no_clone(n));
+            }
+            Ok(Some(Value::Array(out)))
+        }
+        3 => {
+            let p: SetHydrationParams = decode(params).map_err(|m| (EINVAL, m))?;
+            vbdev::validate_settings(p.hydration_threshold, p.hydration_batch_size)?;
+            let c = vbdev::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
+            // SAFETY: registry pointers are live on this thread.
+            let c = unsafe { &mut *c };
+            if !c.is_open() {
+                return Err((EBUSY, format!("clone '{}' is not open", p.name)));
+            }
+            let mut s = c.settings();
+            if let Some(e) = p.enabled {
+                s.hydration_enabled = e;
+            }
+            if let Some(t) = p.hydration_threshold {
+                s.hydration_threshold = t;
+            }
+            if let Some(b) = p.hydration_batch_size {
+                s.hydration_batch_size = b;
+            }
+            if let Some(r) = p.max_bandwidth_mb_sec {
+                s.max_bandwidth_mb_sec = r;
+            }
+            c.set_settings(s);
+            Ok(Some(json!(true)))
+        }
+        4 => {
+            let p: NameParam = decode(params).map_err(|m| (EINVAL, m))?;
+            let c = vbdev::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
+            // SAFETY: registry pointers are live on this thread.
+            let c = unsafe { &mut *c };
+            if !c.is_open() {
+                return Err((EBUSY, format!("clone '{}' is not open", p.name)));
+            }
+            c.release_source(take());
+            Ok(None)
+        }
+        _ => Err((EINVAL, "unknown method".into())),
+    })();
+    if let Some(r) = reply {
+        match result {
+            Ok(v) => r.ok(v.unwrap_or(json!(true))),
+            Err((errno, msg)) => r.err(errno, &msg),
+        }
+    }
+}
