@@ -28,7 +28,8 @@ def bdev_clone_create(args):
         value = getattr(args, key)
         if value is not None:
             params[key] = value
-    for flag in ('no_hydration', 'no_discard_passdown', 'format', 'allow_unflushed_destination'):
+    for flag in ('no_hydration', 'no_discard_passdown', 'format', 'allow_unflushed_destination',
+                 'wait_for_bases'):
         if getattr(args, flag):
             params[flag] = True
     print(_call(args, 'bdev_clone_create', params))
@@ -77,6 +78,8 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help='overwrite metadata that belongs to other devices or is corrupt')
     p.add_argument('--allow-unflushed-destination', action='store_true',
                    help='accept a destination whose volatile write cache is never flushed')
+    p.add_argument('--wait-for-bases', action='store_true',
+                   help='if a base bdev does not exist yet, create the clone when it appears')
     p.set_defaults(func=bdev_clone_create)
 
     p = subparsers.add_parser('bdev_clone_delete', help='Delete a clone (commits first)')

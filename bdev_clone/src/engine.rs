@@ -364,6 +364,7 @@ enum Req {
     Open {
         buf: BufId,
         offset: u64,
+        len: u64,
     },
 }
 
@@ -1369,7 +1370,7 @@ impl<B: Backend> Engine<B> {
                 };
                 self.commit_step(dev, result)
             }
-            Req::Open { buf, offset } => self.open_step(buf, offset, result),
+            Req::Open { buf, offset, len } => self.open_step(buf, offset, len, result),
         }
         if self.stopping {
             self.poll();
@@ -1414,15 +1415,23 @@ impl<B: Backend> Engine<B> {
                 sb.encode(&mut b[..]);
             }
         }
-        self.send(Dev::Meta, op_for(buf), Req::Open { buf, offset });
+        self.send(Dev::Meta, op_for(buf), Req::Open { buf, offset, len });
     }
 
     fn open_flush(&mut self) {
         let buf = BufId(u64::MAX); // no buffer: marks a flush in open_step
-        self.send(Dev::Meta, DevOp::Flush, Req::Open { buf, offset: 0 });
+        self.send(
+            Dev::Meta,
+            DevOp::Flush,
+            Req::Open {
+                buf,
+                offset: 0,
+                len: 0,
+            },
+        );
     }
 
-    fn open_step(&mut self, buf: BufId, offset: u64, result: IoResult) {
+    fn open_step(&mut self, buf: BufId, offset: u64, len: u64, result: IoResult) {
         let has_buf = buf != BufId(u64::MAX);
         if let Err(e) = result {
             if has_buf {
@@ -1445,7 +1454,8 @@ impl<B: Backend> Engine<B> {
         );
         match step {
             OpenStep::ReadSuperblocks => {
-                let data = self.backend.buf_mut(buf).to_vec();
+                // Only what was read: a pool may hand out larger buffers.
+                let data = self.backend.buf_mut(buf)[..len as usize].to_vec();
                 self.backend.free_buf(buf);
                 self.superblocks_read(&data);
             }
@@ -1470,7 +1480,7 @@ impl<B: Backend> Engine<B> {
             }
             OpenStep::FlushLoaded => self.open_done(),
             OpenStep::ReadPages { outstanding } => {
-                self.pages_read(buf, offset);
+                self.pages_read(buf, offset, len);
                 self.backend.free_buf(buf);
                 let outstanding = outstanding - 1;
                 let o = self.opening.as_mut().unwrap();
@@ -1559,14 +1569,20 @@ impl<B: Backend> Engine<B> {
                 dest_bytes: p.dest.bytes(),
             }));
         }
+        // A device is "another" only if neither its identity (UUID) nor its
+        // name matches: some hosts regenerate UUIDs at every start (SPDK aio
+        // and malloc bdevs without a configured UUID), some rename devices.
         let known = |id: &[u8; 16]| id.iter().any(|&b| b != 0);
-        if known(&p.source_id) && known(&sb.source_id) && p.source_id != sb.source_id {
+        let other = |id: &[u8; 16], stored: &[u8; 16], name: &str, stored_name: &str| {
+            known(id) && known(stored) && id != stored && name != stored_name
+        };
+        if other(&p.source_id, &sb.source_id, &p.source_name, &sb.source_name) {
             return mismatch(format!(
                 "metadata belongs to source '{}', not '{}'",
                 sb.source_name, p.source_name
             ));
         }
-        if known(&p.dest_id) && known(&sb.dest_id) && p.dest_id != sb.dest_id {
+        if other(&p.dest_id, &sb.dest_id, &p.dest_name, &sb.dest_name) {
             return mismatch(format!(
                 "metadata belongs to destination '{}', not '{}'",
                 sb.dest_name, p.dest_name
@@ -1688,13 +1704,13 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    fn pages_read(&mut self, buf: BufId, offset: u64) {
+    fn pages_read(&mut self, buf: BufId, offset: u64, len: u64) {
         let layout = self.meta.layout;
         let ps = layout.page_size as usize;
         let wpp = layout.words_per_page();
         let nwords = self.committed.len();
         let nonce = self.meta.nonce;
-        let data = self.backend.buf_mut(buf).to_vec();
+        let data = self.backend.buf_mut(buf)[..len as usize].to_vec();
         let first_page = ((offset - layout.page_offset(0, 0)) / (2 * ps as u64)) as u32;
         let pages = (data.len() / (2 * ps)) as u32;
         let mut words = vec![0u64; wpp];

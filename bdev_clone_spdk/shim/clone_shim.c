@@ -11,6 +11,7 @@ int bdev_clone_rs_module_init(void);
 void bdev_clone_rs_module_fini(void);
 int bdev_clone_rs_get_ctx_size(void);
 int bdev_clone_rs_config_json(struct spdk_json_write_ctx *w);
+void bdev_clone_rs_examine_config(struct spdk_bdev *bdev);
 void bdev_clone_rs_rpc(int method, struct spdk_jsonrpc_request *request,
 		       const struct spdk_json_val *params);
 
@@ -20,6 +21,7 @@ static struct spdk_bdev_module g_bdev_clone_if = {
 	.module_fini = bdev_clone_rs_module_fini,
 	.get_ctx_size = bdev_clone_rs_get_ctx_size,
 	.config_json = bdev_clone_rs_config_json,
+	.examine_config = bdev_clone_rs_examine_config,
 };
 
 SPDK_BDEV_MODULE_REGISTER(bdev_clone, &g_bdev_clone_if)

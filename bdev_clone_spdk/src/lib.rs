@@ -2,6 +2,7 @@
 //! the glue between SPDK's threads, channels and callbacks and the clone
 //! engine. All unsafe code of the project lives here and in spdk-sys.
 
+pub mod app;
 mod ffi;
 mod rpc;
 pub mod vbdev;

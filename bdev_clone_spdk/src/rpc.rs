@@ -35,6 +35,13 @@ pub extern "C" fn bdev_clone_rs_config_json(w: *mut sys::spdk_json_write_ctx) ->
     })
 }
 
+#[unsafe(no_mangle)]
+pub extern "C" fn bdev_clone_rs_examine_config(bdev: *mut sys::spdk_bdev) {
+    ffi::guard("examine_config", (), || vbdev::examine(bdev));
+    // SAFETY: every examine_config call must be answered exactly once.
+    unsafe { sys::spdk_bdev_module_examine_done(vbdev::module()) };
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NameParam {

@@ -29,7 +29,7 @@ unsafe extern "C" {
     fn bdev_clone_channel_ctx(ch: *mut sys::spdk_io_channel) -> *mut c_void;
 }
 
-fn module() -> *mut sys::spdk_bdev_module {
+pub fn module() -> *mut sys::spdk_bdev_module {
     // SAFETY: the shim returns its static module table.
     unsafe { bdev_clone_module() }
 }
@@ -56,6 +56,10 @@ pub struct CreateParams {
     pub format: bool,
     #[serde(default)]
     pub allow_unflushed_destination: bool,
+    /// When a base bdev does not exist yet, create the clone once it appears
+    /// (save_config sets it: a config may list the clone before its bases).
+    #[serde(default)]
+    pub wait_for_bases: bool,
 }
 
 pub const MAX_THRESHOLD: u32 = 4096;
@@ -483,9 +487,53 @@ fn flush_reaches_device(bdev: *mut sys::spdk_bdev) -> (bool, bool) {
     }
 }
 
+/// Creates waiting for their base bdevs (`wait_for_bases`).
+static PENDING: Mutex<Vec<CreateParams>> = Mutex::new(Vec::new());
+
+fn bases_exist(p: &CreateParams) -> bool {
+    [&p.source_bdev, &p.destination_bdev, &p.metadata_bdev]
+        .iter()
+        .all(|n| bdev_by_name(n).is_some())
+}
+
+/// The module's examine_config: a new bdev may complete a pending create.
+pub fn examine(_bdev: *mut sys::spdk_bdev) {
+    let ready: Vec<CreateParams> = {
+        let mut pending = PENDING.lock().unwrap();
+        let (ready, waiting) = pending.drain(..).partition(bases_exist);
+        *pending = waiting;
+        ready
+    };
+    for p in ready {
+        let name = p.name.clone();
+        match start_create(p) {
+            // SAFETY: freshly created, live.
+            Ok(clone) => unsafe { (*clone).after_engine() },
+            Err((_, msg)) => {
+                ffi::error(&format!("bdev_clone {name}: deferred create failed: {msg}"))
+            }
+        }
+    }
+}
+
 /// Validates, opens and claims the base bdevs, then starts the engine. The
 /// reply is sent when the metadata is loaded or formatted.
 pub fn create(p: CreateParams, reply: Responder) {
+    if p.wait_for_bases && !bases_exist(&p) {
+        let mut pending = PENDING.lock().unwrap();
+        if pending.iter().any(|q| q.name == p.name) || find_clone(&p.name).is_some() {
+            return reply.err(
+                libc_errno::EEXIST,
+                &format!("a clone named '{}' already exists", p.name),
+            );
+        }
+        ffi::notice(&format!(
+            "bdev_clone {}: waiting for its base bdevs",
+            p.name
+        ));
+        pending.push(p.clone());
+        return reply.ok(json!(p.name));
+    }
     match start_create(p) {
         Ok(clone) => {
             // SAFETY: freshly created, live.
@@ -842,8 +890,10 @@ impl CloneBdev {
                     bdev_clone::OpenError::Io(..) => libc_errno::EIO,
                     _ => libc_errno::EINVAL,
                 };
-                if let Some(r) = self.create_req.take() {
-                    r.err(errno, &format!("cannot create clone '{name}': {e}"));
+                let msg = format!("cannot create clone '{name}': {e}");
+                match self.create_req.take() {
+                    Some(r) => r.err(errno, &msg),
+                    None => ffi::error(&msg),
                 }
                 return self.free_unregistered();
             }
@@ -1042,6 +1092,7 @@ impl CloneBdev {
                 "commit_interval_ms": s.commit_interval_ms,
                 "no_discard_passdown": p.no_discard_passdown,
                 "allow_unflushed_destination": p.allow_unflushed_destination,
+                "wait_for_bases": true,
             }
         })
     }

@@ -437,3 +437,25 @@ fn shutdown_commits_and_stops() {
     assert!(h.take_notices().contains(&bdev_clone::Notice::Stopped));
     assert_eq!(h.engine.committed_regions(), 1);
 }
+
+#[test]
+fn a_device_is_recognised_by_uuid_or_by_name() {
+    let devs = devices(64, 64, meta_bytes_for(9) + 4096);
+    let mut p = params_for(&devs, RS);
+    p.source_id = [1; 16];
+    p.source_name = "golden".into();
+    let (h, r) = Harness::open(devs, p.clone());
+    r.unwrap();
+    // Same name, new UUID (an aio bdev without a configured UUID): accepted.
+    let devs = h.crash();
+    let mut q = p.clone();
+    q.source_id = [9; 16];
+    let (h, r) = Harness::open(devs, q);
+    assert!(!r.unwrap().formatted);
+    // Same UUID, renamed: accepted.
+    let devs = h.crash();
+    let mut q = p.clone();
+    q.source_name = "renamed".into();
+    let (_, r) = Harness::open(devs, q);
+    assert!(!r.unwrap().formatted);
+}
