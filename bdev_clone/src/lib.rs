@@ -7,6 +7,7 @@ pub mod engine;
 pub mod geometry;
 pub mod io;
 pub mod metadata;
+pub mod params;
 pub mod region_map;
 
 pub use engine::{CloneState, Engine, OpenError, OpenInfo, OpenParams, Settings, Shared, Status};

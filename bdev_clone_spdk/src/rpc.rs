@@ -3,9 +3,8 @@
 //! into a typed struct; a bad one gets -EINVAL with a message naming it.
 
 use crate::ffi::{self, Responder};
-use crate::vbdev::{self, libc_errno::*, CreateParams};
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use crate::vbdev::{self, libc_errno::*};
+use bdev_clone::params::{decode, CreateParams, GetParams, NameParams, SetHydrationParams};
 use serde_json::{json, Value};
 use spdk_sys as sys;
 use std::ffi::c_int;
@@ -42,44 +41,6 @@ pub extern "C" fn bdev_clone_rs_examine_config(bdev: *mut sys::spdk_bdev) {
     unsafe { sys::spdk_bdev_module_examine_done(vbdev::module()) };
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameParam {
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GetParams {
-    name: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetHydrationParams {
-    name: String,
-    enabled: Option<bool>,
-    hydration_threshold: Option<u32>,
-    hydration_batch_size: Option<u32>,
-    max_bandwidth_mb_sec: Option<u64>,
-}
-
-fn decode<T: DeserializeOwned>(params: Option<Value>) -> Result<T, String> {
-    let v = params.unwrap_or(Value::Object(Default::default()));
-    if !v.is_object() {
-        return Err("params must be an object".into());
-    }
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path == "." {
-            inner
-        } else {
-            format!("{path}: {inner}")
-        }
-    })
-}
-
 fn no_clone(name: &str) -> (i32, String) {
     (ENODEV, format!("no clone named '{name}'"))
 }
@@ -109,7 +70,7 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
             Ok(None)
         }
         1 => {
-            let p: NameParam = decode(params).map_err(|m| (EINVAL, m))?;
+            let p: NameParams = decode(params).map_err(|m| (EINVAL, m))?;
             let c = vbdev::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
             // SAFETY: registry pointers are live on this thread.
             let c = unsafe { &mut *c };
@@ -131,31 +92,19 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
         }
         3 => {
             let p: SetHydrationParams = decode(params).map_err(|m| (EINVAL, m))?;
-            vbdev::validate_settings(p.hydration_threshold, p.hydration_batch_size)?;
+            p.validate().map_err(|m| (EINVAL, m))?;
             let c = vbdev::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
             // SAFETY: registry pointers are live on this thread.
             let c = unsafe { &mut *c };
             if !c.is_open() {
                 return Err((EBUSY, format!("clone '{}' is not open", p.name)));
             }
-            let mut s = c.settings();
-            if let Some(e) = p.enabled {
-                s.hydration_enabled = e;
-            }
-            if let Some(t) = p.hydration_threshold {
-                s.hydration_threshold = t;
-            }
-            if let Some(b) = p.hydration_batch_size {
-                s.hydration_batch_size = b;
-            }
-            if let Some(r) = p.max_bandwidth_mb_sec {
-                s.max_bandwidth_mb_sec = r;
-            }
+            let s = p.apply(c.settings());
             c.set_settings(s);
             Ok(Some(json!(true)))
         }
         4 => {
-            let p: NameParam = decode(params).map_err(|m| (EINVAL, m))?;
+            let p: NameParams = decode(params).map_err(|m| (EINVAL, m))?;
             let c = vbdev::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
             // SAFETY: registry pointers are live on this thread.
             let c = unsafe { &mut *c };

@@ -15,7 +15,6 @@ use bdev_clone::{
     Backend, BufId, CloneState, Data, Dev, DevOp, DeviceInfo, Engine, IoError, IoResult, Notice,
     OpenParams, ReqId, Settings, UserIo, UserIoId, UserOp,
 };
-use serde::Deserialize;
 use serde_json::{json, Value};
 use spdk_sys as sys;
 use std::collections::{HashMap, VecDeque};
@@ -34,36 +33,7 @@ pub fn module() -> *mut sys::spdk_bdev_module {
     unsafe { bdev_clone_module() }
 }
 
-/// Parameters of `bdev_clone_create` (names fixed by DESIGN.md).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateParams {
-    pub name: String,
-    pub source_bdev: String,
-    pub destination_bdev: String,
-    pub metadata_bdev: String,
-    pub region_size_kb: Option<u32>,
-    pub uuid: Option<String>,
-    #[serde(default)]
-    pub no_hydration: bool,
-    pub hydration_threshold: Option<u32>,
-    pub hydration_batch_size: Option<u32>,
-    pub max_bandwidth_mb_sec: Option<u64>,
-    pub commit_interval_ms: Option<u64>,
-    #[serde(default)]
-    pub no_discard_passdown: bool,
-    #[serde(default)]
-    pub format: bool,
-    #[serde(default)]
-    pub allow_unflushed_destination: bool,
-    /// When a base bdev does not exist yet, create the clone once it appears
-    /// (save_config sets it: a config may list the clone before its bases).
-    #[serde(default)]
-    pub wait_for_bases: bool,
-}
-
-pub const MAX_THRESHOLD: u32 = 4096;
-pub const MAX_BATCH: u32 = 1024;
+pub use bdev_clone::params::CreateParams;
 
 /// An RPC failure: errno and message.
 pub type RpcError = (i32, String);
@@ -80,24 +50,6 @@ pub mod libc_errno {
     pub const ENODEV: i32 = 19;
     pub const EINVAL: i32 = 22;
     pub const ENOSPC: i32 = 28;
-}
-
-pub fn validate_settings(threshold: Option<u32>, batch: Option<u32>) -> Result<(), RpcError> {
-    if let Some(t) = threshold {
-        if t == 0 || t > MAX_THRESHOLD {
-            return Err(einval(format!(
-                "hydration_threshold must be 1..={MAX_THRESHOLD}, got {t}"
-            )));
-        }
-    }
-    if let Some(b) = batch {
-        if b == 0 || b > MAX_BATCH {
-            return Err(einval(format!(
-                "hydration_batch_size must be 1..={MAX_BATCH}, got {b}"
-            )));
-        }
-    }
-    Ok(())
 }
 
 const POOL_LIMIT: usize = 64 << 20;
@@ -546,12 +498,7 @@ pub fn create(p: CreateParams, reply: Responder) {
 }
 
 fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
-    if p.name.is_empty() || p.name.len() > 255 {
-        return Err(einval("name must be 1 to 255 bytes"));
-    }
-    if p.name.contains('\0') {
-        return Err(einval("name must not contain NUL"));
-    }
+    p.validate().map_err(einval)?;
     if bdev_by_name(&p.name).is_some() || find_clone(&p.name).is_some() {
         return Err((
             libc_errno::EEXIST,
@@ -559,20 +506,6 @@ fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
         ));
     }
     let names = [&p.source_bdev, &p.destination_bdev, &p.metadata_bdev];
-    for (i, a) in names.iter().enumerate() {
-        for b in &names[i + 1..] {
-            if a == b {
-                return Err(einval(format!(
-                    "source_bdev, destination_bdev and metadata_bdev must differ ('{a}' given twice)"
-                )));
-            }
-        }
-        if **a == p.name {
-            return Err(einval(format!(
-                "the clone cannot be its own base bdev ('{a}')"
-            )));
-        }
-    }
     let which = ["source_bdev", "destination_bdev", "metadata_bdev"];
     let mut bdevs = [null_mut(); 3];
     for i in 0..3 {
@@ -580,24 +513,6 @@ fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
             libc_errno::ENODEV,
             format!("{} '{}' does not exist", which[i], names[i]),
         ))?;
-    }
-    if let Some(rs) = p.region_size_kb {
-        let bytes = rs as u64 * 1024;
-        if rs == 0 || !rs.is_power_of_two() || bytes > bdev_clone::geometry::MAX_REGION_SIZE as u64
-        {
-            return Err(einval(format!(
-                "region_size_kb must be a power of two from the block size up to {} KiB, got {rs}",
-                bdev_clone::geometry::MAX_REGION_SIZE / 1024
-            )));
-        }
-    }
-    validate_settings(p.hydration_threshold, p.hydration_batch_size)?;
-    if let Some(ms) = p.commit_interval_ms {
-        if ms == 0 || ms > 3_600_000 {
-            return Err(einval(format!(
-                "commit_interval_ms must be 1..=3600000, got {ms}"
-            )));
-        }
     }
     let uuid = match &p.uuid {
         Some(s) => {
@@ -787,23 +702,11 @@ fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
     params.dest_id = uuid_of(bdevs[1]);
     params.source_name = p.source_bdev.clone();
     params.dest_name = p.destination_bdev.clone();
-    params.settings = settings_from(&p, discard_passdown);
+    params.settings = p.settings(discard_passdown);
     CLONES.lock().unwrap().0.push(clone as usize);
     // SAFETY: live, just allocated.
     unsafe { (*clone).engine = Some(Engine::open(host, params)) };
     Ok(clone)
-}
-
-fn settings_from(p: &CreateParams, discard_passdown: bool) -> Settings {
-    let d = Settings::default();
-    Settings {
-        hydration_enabled: !p.no_hydration,
-        hydration_threshold: p.hydration_threshold.unwrap_or(d.hydration_threshold),
-        hydration_batch_size: p.hydration_batch_size.unwrap_or(d.hydration_batch_size),
-        max_bandwidth_mb_sec: p.max_bandwidth_mb_sec.unwrap_or(d.max_bandwidth_mb_sec),
-        commit_interval_ms: p.commit_interval_ms.unwrap_or(d.commit_interval_ms),
-        discard_passdown,
-    }
 }
 
 /// Puts the engine's channels and closes the descriptors (on the clone thread).
