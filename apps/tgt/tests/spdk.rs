@@ -234,9 +234,15 @@ fn bad_rpc_calls_are_refused() {
         ),
         (
             "bdev_clone_create",
-            Some(with("name", json!("src"))),
+            Some(with("name", json!("small"))),
             -17,
             "already exists",
+        ),
+        (
+            "bdev_clone_create",
+            Some(with("name", json!("src"))),
+            -22,
+            "own base bdev",
         ),
         (
             "bdev_clone_create",
