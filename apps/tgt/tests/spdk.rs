@@ -686,3 +686,128 @@ fn hot_remove_of_a_base_bdev() {
         );
     }
 }
+
+/// The order on the wire, from SPDK's own bdev tracepoints: every metadata
+/// commit is preceded by its own completed flush of the destination, issued
+/// after the copies it commits completed.
+#[test]
+fn commit_order_on_the_wire() {
+    let Some(trace_tool) = spdk_tool("spdk_trace") else {
+        panic!("spdk_trace is not in PATH (it comes with SPDK's install)");
+    };
+    let dir = scratch("wire");
+    let t = Tgt::start(&dir, "tgt", &["-e", "bdev"]);
+    malloc(&t, "src", 8, 512);
+    malloc(&t, "dst", 8, 512);
+    malloc(&t, "meta", 1, 512);
+    t.plugin(&[
+        "bdev_clone_create",
+        "-b",
+        "c0",
+        "-s",
+        "src",
+        "-d",
+        "dst",
+        "-m",
+        "meta",
+        "-r",
+        "64",
+        "--commit-interval-ms",
+        "5",
+        "--hydration-threshold",
+        "4",
+        "--hydration-batch-size",
+        "2",
+        "--max-bandwidth-mb-sec",
+        "20",
+    ])
+    .unwrap();
+    let info = t.wait_state("c0", "hydrated", 60);
+    // The commit that says so lands within a commit interval.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(t.clone_info("c0")["regions_committed"], 128, "{info}");
+    let pid = t.pid().to_string();
+    let out = std::process::Command::new(trace_tool)
+        .args(["-s", "bdev_clone_tgt", "-p", &pid, "-j"])
+        .output()
+        .unwrap();
+    t.stop();
+    let trace: Value = serde_json::from_slice(&out.stdout).expect("spdk_trace -j output");
+    // (tsc, start?, bdev, io type, offset, object id)
+    let mut ev: Vec<(u64, bool, String, u64, u64, String)> = Vec::new();
+    let mut types = std::collections::HashMap::new();
+    for e in trace["entries"].as_array().unwrap() {
+        let tp = e["tpoint"].as_u64().unwrap();
+        if tp != 192 && tp != 193 {
+            continue;
+        }
+        let obj = e["object"]["id"].as_str().unwrap().to_string();
+        let owner = e["owner"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("bdev_")
+            .to_string();
+        let start = tp == 192;
+        let (ty, off) = if start {
+            let v = (
+                e["args"][0].as_u64().unwrap(),
+                e["args"][2].as_u64().unwrap(),
+            );
+            types.insert(obj.clone(), v);
+            v
+        } else {
+            types.get(&obj).copied().unwrap_or((0, 0))
+        };
+        ev.push((e["tsc"].as_u64().unwrap(), start, owner, ty, off, obj));
+    }
+    ev.sort_by_key(|e| e.0);
+    const WRITE: u64 = 2;
+    const FLUSH: u64 = 4;
+    // Superblock slots are metadata blocks 0 and 8 (512-byte blocks); pages follow.
+    let is_superblock = |off: u64| off < 16;
+    let (mut commits, mut copies_committed) = (0, 0);
+    let mut last_dst_write_done = 0u64; // when the latest copy completed
+    let mut covered_up_to = 0u64; // copies completed before the last completed dst flush began
+    let mut fresh_flush = false; // a dst flush completed since the last commit ended
+    let mut flush_start: std::collections::HashMap<String, u64> = Default::default();
+    let (mut in_commit, mut sb_written) = (false, false);
+    for (tsc, start, bdev, ty, off, obj) in &ev {
+        match (bdev.as_str(), *ty, *start) {
+            ("dst", WRITE, false) => last_dst_write_done = *tsc,
+            ("dst", FLUSH, true) => {
+                flush_start.insert(obj.clone(), last_dst_write_done);
+            }
+            ("dst", FLUSH, false) => {
+                covered_up_to = flush_start[obj];
+                fresh_flush = true;
+            }
+            ("meta", WRITE, true) if last_dst_write_done > 0 => {
+                if !in_commit {
+                    // The first metadata write of a commit: its own destination
+                    // flush, begun after the copies it names, has completed.
+                    assert!(
+                        fresh_flush,
+                        "a commit wrote metadata without a destination flush before it"
+                    );
+                    commits += 1;
+                    in_commit = true;
+                    fresh_flush = false;
+                    copies_committed = covered_up_to;
+                }
+                sb_written |= is_superblock(*off);
+            }
+            ("meta", FLUSH, false) if in_commit && sb_written => {
+                in_commit = false; // superblock written and flushed: the commit ended
+                sb_written = false;
+            }
+            _ => {}
+        }
+    }
+    assert!(commits >= 3, "expected several commits, saw {commits}");
+    // The last commit covered the last copy.
+    assert!(
+        copies_committed >= last_dst_write_done,
+        "the last copy was never followed by a destination flush and a commit"
+    );
+    eprintln!("{commits} commits, each after its own destination flush");
+}

@@ -107,6 +107,10 @@ impl Tgt {
         panic!("SPDK app did not come up; log:\n{}", t.log_text());
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
