@@ -229,6 +229,16 @@ pub enum Route {
 }
 
 impl Shared {
+    /// Routing state for a geometry, nothing hydrated, writes allowed (the
+    /// engine makes its own; this one serves benchmarks and tests).
+    pub fn new(geometry: Geometry) -> Shared {
+        Shared {
+            map: RegionMap::new(geometry.region_count),
+            geometry,
+            writes_allowed: AtomicBool::new(true),
+        }
+    }
+
     /// The routing decision for one user I/O; the same rule serves the
     /// engine's own submit and the SPDK fast path.
     #[inline]

@@ -1,0 +1,53 @@
+//! The routing hot path: what every read, and every write to a hydrated
+//! region, costs on top of a pass-through (a bitmap test and range checks).
+//!
+//!     cargo bench -p bdev_clone --bench route
+
+use bdev_clone::engine::Shared;
+use bdev_clone::{DeviceInfo, Geometry, UserIo, UserIoId, UserOp};
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+
+fn routing(c: &mut Criterion) {
+    let dev = DeviceInfo {
+        block_size: 512,
+        num_blocks: (1u64 << 40) / 512,
+    };
+    let g = Geometry::new(dev, dev, 65536).unwrap();
+    let shared = Shared::new(g);
+    for r in (0..g.region_count).step_by(2) {
+        shared.map.set(r);
+    }
+    let io = |kind, region: u64| UserIo {
+        id: UserIoId(1),
+        kind,
+        offset_blocks: region * 128 + 8,
+        num_blocks: 8,
+    };
+    let mut group = c.benchmark_group("route");
+    group.bench_function("read, hydrated region", |b| {
+        let io = io(UserOp::Read, 4096);
+        b.iter(|| shared.route(black_box(&io)))
+    });
+    group.bench_function("read, unhydrated region", |b| {
+        let io = io(UserOp::Read, 4097);
+        b.iter(|| shared.route(black_box(&io)))
+    });
+    group.bench_function("write, hydrated region", |b| {
+        let io = io(UserOp::Write { fua: false }, 4096);
+        b.iter(|| shared.route(black_box(&io)))
+    });
+    group.bench_function("read, random region of 1 TiB", |b| {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        b.iter(|| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            shared.route(black_box(&io(UserOp::Read, x % g.region_count)))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, routing);
+criterion_main!(benches);
