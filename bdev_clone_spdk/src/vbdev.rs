@@ -884,17 +884,21 @@ impl CloneBdev {
     fn free_unregistered(&mut self) -> bool {
         let me = self as *mut CloneBdev;
         CLONES.lock().unwrap().0.retain(|&p| p != me as usize);
-        if let Some(mut e) = self.engine.take() {
-            if !e.idle() {
-                // Requests still in flight reference the engine: keep it
-                // alive (a failed open is rare; the leak is bounded).
-                e.backend.clone = me;
-                std::mem::forget(e);
-            } else {
-                close_host(&mut e.backend);
-            }
+        if self.engine.as_ref().is_some_and(|e| !e.idle()) {
+            // Requests in flight will call back into this clone: leave it
+            // allocated (never reached in practice: a failed open has nothing
+            // in flight) rather than free memory they will touch.
+            ffi::error(&format!(
+                "bdev_clone {}: requests in flight after a failed open; leaking the clone",
+                self.params.name
+            ));
+            return true;
         }
-        // SAFETY: no one else holds the pointer: not registered, removed from the registry.
+        if let Some(e) = self.engine.as_mut() {
+            close_host(&mut e.backend);
+        }
+        // SAFETY: no one else holds the pointer: not registered, removed from
+        // the registry, nothing in flight.
         drop(unsafe { Box::from_raw(me) });
         true
     }
