@@ -969,6 +969,10 @@ impl<B: Backend> Engine<B> {
             self.unlock(r, result.is_ok());
         }
         self.check_hydrated();
+        if c.background {
+            // Keep the copy pipeline full without waiting for the next poll.
+            self.pump_hydration();
+        }
     }
 
     fn check_hydrated(&mut self) {
@@ -1498,10 +1502,7 @@ impl<B: Backend> Engine<B> {
                 if outstanding == 0 {
                     match o.error.clone() {
                         Some(e) => self.open_failed(e),
-                        None => {
-                            o.step = OpenStep::FlushLoaded;
-                            self.open_flush();
-                        }
+                        None => self.pages_loaded(),
                     }
                 }
             }
@@ -1754,6 +1755,27 @@ impl<B: Backend> Engine<B> {
                 }
             }
         }
+    }
+
+    /// Every region the superblock counted as hydrated must be in the pages
+    /// read (bits only go from 0 to 1, and pages are written and flushed
+    /// before their superblock). Fewer means a bitmap page was damaged or
+    /// lost: loading it would read the source where the user wrote.
+    fn pages_loaded(&mut self) {
+        let loaded = self.shared.map.count_hydrated();
+        let counted = self.meta.sb_template.regions_hydrated;
+        if loaded < counted {
+            let p = self.opening.as_ref().unwrap().params.clone();
+            if p.format {
+                return self.format(&p);
+            }
+            return self.open_failed(OpenError::Corrupt(format!(
+                "the bitmap pages name {loaded} hydrated regions, the superblock {counted}: \
+                 a bitmap page is damaged or lost"
+            )));
+        }
+        self.opening.as_mut().unwrap().step = OpenStep::FlushLoaded;
+        self.open_flush();
     }
 
     /// Bits of word `i` that name real regions.

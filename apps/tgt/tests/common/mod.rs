@@ -79,6 +79,13 @@ impl Tgt {
         Self::spawn(c, dir, name, extra)
     }
 
+    /// A stock SPDK app from PATH (nvmf_tgt, bdevperf -z, ...), without the
+    /// module preloaded.
+    pub fn start_tool(tool: &str, dir: &Path, name: &str, extra: &[&str]) -> Tgt {
+        let bin = spdk_tool(tool).unwrap_or_else(|| panic!("{tool} is not in PATH"));
+        Self::spawn(Command::new(bin), dir, name, extra)
+    }
+
     fn spawn(mut cmd: Command, dir: &Path, name: &str, extra: &[&str]) -> Tgt {
         let sock = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
