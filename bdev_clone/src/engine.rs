@@ -114,6 +114,8 @@ pub enum OpenError {
     Corrupt(String),
     Io(Dev, IoError),
     SourceMissing,
+    /// The host's buffer pool could not lend the buffers opening needs.
+    NoMemory,
 }
 
 impl fmt::Display for OpenError {
@@ -142,6 +144,7 @@ impl fmt::Display for OpenError {
                     "no source given and the metadata does not say it was released"
                 )
             }
+            OpenError::NoMemory => write!(f, "out of buffers while opening"),
         }
     }
 }
@@ -371,8 +374,9 @@ enum Req {
     CopyRead(usize),
     CopyWrite(usize),
     Commit,
+    /// A metadata request while opening; `buf` is None for a flush.
     Open {
-        buf: BufId,
+        buf: Option<BufId>,
         offset: u64,
         len: u64,
     },
@@ -494,34 +498,7 @@ impl<B: Backend> Engine<B> {
         };
         let meta_bs = params.meta.block_size;
         let page_size = params.page_size;
-        if !metadata::valid_page_size(page_size)
-            || meta_bs == 0
-            || !page_size.is_multiple_of(meta_bs)
-        {
-            e.opening = Some(Opening {
-                params,
-                step: OpenStep::ReadSuperblocks,
-                sb: None,
-                formatted: false,
-                error: None,
-            });
-            e.open_failed(OpenError::BadPageSize(page_size));
-            return e;
-        }
-        let sb_area = Layout::new(meta_bs, page_size, 0).sb_area;
-        let need = 2 * sb_area;
-        if params.meta.bytes() < need {
-            let have = params.meta.bytes();
-            e.opening = Some(Opening {
-                params,
-                step: OpenStep::ReadSuperblocks,
-                sb: None,
-                formatted: false,
-                error: None,
-            });
-            e.open_failed(OpenError::MetaTooSmall { need, have });
-            return e;
-        }
+        let meta_bytes = params.meta.bytes();
         e.opening = Some(Opening {
             params,
             step: OpenStep::ReadSuperblocks,
@@ -529,6 +506,21 @@ impl<B: Backend> Engine<B> {
             formatted: false,
             error: None,
         });
+        if !metadata::valid_page_size(page_size)
+            || meta_bs == 0
+            || !page_size.is_multiple_of(meta_bs)
+        {
+            e.open_failed(OpenError::BadPageSize(page_size));
+            return e;
+        }
+        let need = 2 * Layout::new(meta_bs, page_size, 0).sb_area;
+        if meta_bytes < need {
+            e.open_failed(OpenError::MetaTooSmall {
+                need,
+                have: meta_bytes,
+            });
+            return e;
+        }
         e.open_io(DevOpKind::Read, 0, need);
         e
     }
@@ -1413,13 +1405,8 @@ impl<B: Backend> Engine<B> {
                 fua: false,
             },
         };
-        let buf = match kind {
-            DevOpKind::Read | DevOpKind::Write => match self.backend.alloc_buf(len as usize) {
-                Some(b) => b,
-                None => {
-                    return self.open_failed(OpenError::Io(Dev::Meta, IoError::NoDevice));
-                }
-            },
+        let Some(buf) = self.backend.alloc_buf(len as usize) else {
+            return self.open_failed(OpenError::NoMemory);
         };
         if kind == DevOpKind::Write {
             let o = self.opening.as_ref().unwrap();
@@ -1429,26 +1416,32 @@ impl<B: Backend> Engine<B> {
                 sb.encode(&mut b[..]);
             }
         }
-        self.send(Dev::Meta, op_for(buf), Req::Open { buf, offset, len });
+        self.send(
+            Dev::Meta,
+            op_for(buf),
+            Req::Open {
+                buf: Some(buf),
+                offset,
+                len,
+            },
+        );
     }
 
     fn open_flush(&mut self) {
-        let buf = BufId(u64::MAX); // no buffer: marks a flush in open_step
         self.send(
             Dev::Meta,
             DevOp::Flush,
             Req::Open {
-                buf,
+                buf: None,
                 offset: 0,
                 len: 0,
             },
         );
     }
 
-    fn open_step(&mut self, buf: BufId, offset: u64, len: u64, result: IoResult) {
-        let has_buf = buf != BufId(u64::MAX);
+    fn open_step(&mut self, buf: Option<BufId>, offset: u64, len: u64, result: IoResult) {
         if let Err(e) = result {
-            if has_buf {
+            if let Some(buf) = buf {
                 self.backend.free_buf(buf);
             }
             let o = self.opening.as_mut().unwrap();
@@ -1462,6 +1455,8 @@ impl<B: Backend> Engine<B> {
             let err = o.error.clone().unwrap();
             return self.open_failed(err);
         }
+        // Only flush steps come without a buffer.
+        let data_buf = || buf.expect("a read or write step carries its buffer");
         let step = std::mem::replace(
             &mut self.opening.as_mut().unwrap().step,
             OpenStep::ReadSuperblocks,
@@ -1469,12 +1464,12 @@ impl<B: Backend> Engine<B> {
         match step {
             OpenStep::ReadSuperblocks => {
                 // Only what was read: a pool may hand out larger buffers.
-                let data = self.backend.buf_mut(buf)[..len as usize].to_vec();
-                self.backend.free_buf(buf);
+                let data = self.backend.buf_mut(data_buf())[..len as usize].to_vec();
+                self.backend.free_buf(data_buf());
                 self.superblocks_read(&data);
             }
             OpenStep::ZeroSlot1 => {
-                self.backend.free_buf(buf);
+                self.backend.free_buf(data_buf());
                 self.opening.as_mut().unwrap().step = OpenStep::FlushZero;
                 self.open_flush();
             }
@@ -1484,7 +1479,7 @@ impl<B: Backend> Engine<B> {
                 self.open_io(DevOpKind::Write, 0, sb_area);
             }
             OpenStep::WriteSlot0 => {
-                self.backend.free_buf(buf);
+                self.backend.free_buf(data_buf());
                 self.opening.as_mut().unwrap().step = OpenStep::FlushSlot0;
                 self.open_flush();
             }
@@ -1494,8 +1489,8 @@ impl<B: Backend> Engine<B> {
             }
             OpenStep::FlushLoaded => self.open_done(),
             OpenStep::ReadPages { outstanding } => {
-                self.pages_read(buf, offset, len);
-                self.backend.free_buf(buf);
+                self.pages_read(data_buf(), offset, len);
+                self.backend.free_buf(data_buf());
                 let outstanding = outstanding - 1;
                 let o = self.opening.as_mut().unwrap();
                 o.step = OpenStep::ReadPages { outstanding };
