@@ -1207,20 +1207,17 @@ unsafe extern "C" fn chan_destroy(_io_device: *mut c_void, ctx: *mut c_void) {
     })
 }
 
-static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
-    destruct: Some(fn_destruct),
-    submit_request: Some(fn_submit),
-    io_type_supported: Some(fn_io_type_supported),
-    get_io_channel: Some(fn_get_io_channel),
-    dump_info_json: Some(fn_dump_info_json),
-    write_config_json: None,
-    get_spin_time: None,
-    get_module_ctx: None,
-    get_memory_domains: None,
-    get_memory_domain_types: None,
-    reset_device_stat: None,
-    dump_device_stat_json: None,
-    accel_sequence_supported: None,
+/// Only the callbacks the clone implements; the rest stay NULL, whatever
+/// fields this SPDK version's table has (it grows between releases).
+static FN_TABLE: sys::spdk_bdev_fn_table = {
+    // SAFETY: a table of nullable function pointers: all-zero is all-NULL.
+    let mut t: sys::spdk_bdev_fn_table = unsafe { std::mem::zeroed() };
+    t.destruct = Some(fn_destruct);
+    t.submit_request = Some(fn_submit);
+    t.io_type_supported = Some(fn_io_type_supported);
+    t.get_io_channel = Some(fn_get_io_channel);
+    t.dump_info_json = Some(fn_dump_info_json);
+    t
 };
 
 unsafe extern "C" fn fn_destruct(ctx: *mut c_void) -> c_int {
