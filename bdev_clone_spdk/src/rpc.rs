@@ -55,9 +55,12 @@ pub unsafe extern "C" fn bdev_clone_rs_rpc(
 ) {
     // SAFETY: the request is live and answered exactly once below.
     let reply = unsafe { Responder::new(request) };
-    // SAFETY: SPDK's parsed params (or null).
-    let params = unsafe { ffi::json_value(params) };
-    ffi::guard("rpc", (), move || dispatch(method, params, reply));
+    ffi::guard("rpc", (), move || {
+        // SAFETY: SPDK's parsed params (or null). Converted inside the guard:
+        // it walks SPDK's token array.
+        let params = unsafe { ffi::json_value(params) };
+        dispatch(method, params, reply)
+    });
 }
 
 fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
