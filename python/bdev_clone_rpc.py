@@ -24,7 +24,7 @@ def bdev_clone_create(args):
         'metadata_bdev': args.metadata_bdev,
     }
     for key in ('region_size_kb', 'uuid', 'hydration_threshold', 'hydration_batch_size',
-                'max_bandwidth_mb_sec', 'commit_interval_ms'):
+                'max_bandwidth_mb_sec', 'max_bandwidth_busy_mb_sec', 'commit_interval_ms'):
         value = getattr(args, key)
         if value is not None:
             params[key] = value
@@ -48,7 +48,8 @@ def bdev_clone_set_hydration(args):
     params = {'name': args.name}
     if args.enable is not None:
         params['enabled'] = args.enable
-    for key in ('hydration_threshold', 'hydration_batch_size', 'max_bandwidth_mb_sec'):
+    for key in ('hydration_threshold', 'hydration_batch_size', 'max_bandwidth_mb_sec',
+                'max_bandwidth_busy_mb_sec'):
         value = getattr(args, key)
         if value is not None:
             params[key] = value
@@ -72,6 +73,8 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('--hydration-threshold', type=int, help='regions copied at once')
     p.add_argument('--hydration-batch-size', type=int, help='contiguous regions per copy')
     p.add_argument('--max-bandwidth-mb-sec', type=int, help='hydration rate limit (0 = unlimited)')
+    p.add_argument('--max-bandwidth-busy-mb-sec', type=int,
+                   help='hydration rate limit while user I/O runs (default 64; 0 = no separate limit)')
     p.add_argument('--commit-interval-ms', type=int, help='metadata commit period (default 1000)')
     p.add_argument('--no-discard-passdown', action='store_true', help='do not pass unmaps to the destination')
     p.add_argument('--format', action='store_true',
@@ -99,6 +102,8 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('--hydration-threshold', type=int, help='regions copied at once')
     p.add_argument('--hydration-batch-size', type=int, help='contiguous regions per copy')
     p.add_argument('--max-bandwidth-mb-sec', type=int, help='hydration rate limit (0 = unlimited)')
+    p.add_argument('--max-bandwidth-busy-mb-sec', type=int,
+                   help='hydration rate limit while user I/O runs (default 64; 0 = no separate limit)')
     p.set_defaults(func=bdev_clone_set_hydration)
 
     p = subparsers.add_parser('bdev_clone_release_source',

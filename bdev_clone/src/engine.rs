@@ -18,7 +18,7 @@ use crate::region_map::RegionMap;
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Run-time tunables (all can change while the clone runs).
@@ -31,6 +31,10 @@ pub struct Settings {
     pub hydration_batch_size: u32,
     /// Background hydration rate limit; 0 = unlimited.
     pub max_bandwidth_mb_sec: u64,
+    /// Rate limit while user I/O is running (seen in the last 50 ms), so
+    /// that hydration yields to it; 0 = the same as max_bandwidth_mb_sec.
+    /// Hydration runs at full speed whenever the clone is idle.
+    pub max_bandwidth_busy_mb_sec: u64,
     pub commit_interval_ms: u64,
     pub discard_passdown: bool,
 }
@@ -42,6 +46,7 @@ impl Default for Settings {
             hydration_threshold: 32,
             hydration_batch_size: 8,
             max_bandwidth_mb_sec: 0,
+            max_bandwidth_busy_mb_sec: 64,
             commit_interval_ms: 1000,
             discard_passdown: true,
         }
@@ -219,6 +224,10 @@ pub struct Shared {
     pub map: RegionMap,
     pub geometry: Geometry,
     writes_allowed: AtomicBool,
+    /// Set while background hydration runs: only then are user I/Os counted
+    /// (for the busy rate limit), so a hydrated clone pays nothing.
+    hydrating: AtomicBool,
+    user_ios: AtomicU64,
 }
 
 /// Where an I/O can go without the engine's help.
@@ -239,6 +248,8 @@ impl Shared {
             map: RegionMap::new(geometry.region_count),
             geometry,
             writes_allowed: AtomicBool::new(true),
+            hydrating: AtomicBool::new(false),
+            user_ios: AtomicU64::new(0),
         }
     }
 
@@ -246,6 +257,9 @@ impl Shared {
     /// engine's own submit and the SPDK fast path.
     #[inline]
     pub fn route(&self, io: &UserIo) -> Route {
+        if self.hydrating.load(Ordering::Relaxed) {
+            self.user_ios.fetch_add(1, Ordering::Relaxed);
+        }
         let g = &self.geometry;
         if !g.in_bounds(io.offset_blocks, io.num_blocks) {
             return Route::Reject(IoError::Invalid);
@@ -434,6 +448,8 @@ pub struct Engine<B: Backend> {
     stats: Stats,
     rate_window: (u64, u64),
     user_in_flight: u64,
+    /// User I/O count at the last sample, and until when the clone counts as busy.
+    busy_sample: (u64, u64),
     meta_bs: u32,
 }
 
@@ -452,10 +468,10 @@ impl<B: Backend> Engine<B> {
         let now = backend.now_ns();
         let mut e = Engine {
             backend,
-            shared: Arc::new(Shared {
-                map: RegionMap::new(0),
-                geometry: placeholder,
-                writes_allowed: AtomicBool::new(false),
+            shared: Arc::new({
+                let s = Shared::new(placeholder);
+                s.writes_allowed.store(false, Ordering::Release);
+                s
             }),
             settings: params.settings.clone(),
             meta: Meta {
@@ -494,6 +510,7 @@ impl<B: Backend> Engine<B> {
             stats: Stats::default(),
             rate_window: (now, 0),
             user_in_flight: 0,
+            busy_sample: (0, 0),
             meta_bs: params.meta.block_size.max(1),
         };
         let meta_bs = params.meta.block_size;
@@ -580,6 +597,7 @@ impl<B: Backend> Engine<B> {
                 CloneState::Paused
             };
         }
+        self.note_hydrating();
     }
 
     /// Releases the source once everything is hydrated: commits a superblock
@@ -976,9 +994,35 @@ impl<B: Backend> Engine<B> {
         }
     }
 
+    /// The hydration rate limit in force, in bytes per second (0 = none):
+    /// the busy limit while user I/O was seen in the last 50 ms.
+    fn rate_limit(&mut self, now: u64) -> f64 {
+        let ios = self.shared.user_ios.load(Ordering::Relaxed);
+        if ios != self.busy_sample.0 {
+            self.busy_sample = (ios, now + 50_000_000);
+        }
+        let s = &self.settings;
+        let mb = match (now < self.busy_sample.1, s.max_bandwidth_busy_mb_sec) {
+            (true, busy) if busy > 0 => match s.max_bandwidth_mb_sec {
+                0 => busy,
+                cap => cap.min(busy),
+            },
+            _ => s.max_bandwidth_mb_sec,
+        };
+        mb as f64 * 1024.0 * 1024.0
+    }
+
+    /// Tells the routing path whether to count user I/O (only while
+    /// background hydration runs).
+    fn note_hydrating(&self) {
+        let active = self.state == CloneState::Hydrating && self.settings.hydration_enabled;
+        self.shared.hydrating.store(active, Ordering::Relaxed);
+    }
+
     fn pump_hydration(&mut self) {
         let now = self.backend.now_ns();
-        let rate = self.settings.max_bandwidth_mb_sec as f64 * 1024.0 * 1024.0;
+        self.note_hydrating();
+        let rate = self.rate_limit(now);
         if rate > 0.0 {
             let g = self.shared.geometry;
             let batch_bytes =
@@ -1625,11 +1669,8 @@ impl<B: Backend> Engine<B> {
             page_size,
             geometry.region_count,
         );
-        self.shared = Arc::new(Shared {
-            map: RegionMap::new(geometry.region_count),
-            geometry,
-            writes_allowed: AtomicBool::new(false),
-        });
+        self.shared = Arc::new(Shared::new(geometry));
+        self.shared.writes_allowed.store(false, Ordering::Release);
         self.committed = vec![0; geometry.region_count.div_ceil(64) as usize];
         self.meta.layout = layout;
         self.meta.nonce = sb.nonce;
@@ -1799,6 +1840,7 @@ impl<B: Backend> Engine<B> {
             CloneState::Paused
         };
         self.last_commit_ns = self.backend.now_ns();
+        self.note_hydrating();
         self.backend.notify(Notice::Opened(Ok(OpenInfo {
             geometry: self.shared.geometry,
             formatted: o.formatted,

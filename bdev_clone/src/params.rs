@@ -28,6 +28,7 @@ pub struct CreateParams {
     pub hydration_threshold: Option<u32>,
     pub hydration_batch_size: Option<u32>,
     pub max_bandwidth_mb_sec: Option<u64>,
+    pub max_bandwidth_busy_mb_sec: Option<u64>,
     pub commit_interval_ms: Option<u64>,
     #[serde(default)]
     pub no_discard_passdown: bool,
@@ -64,6 +65,7 @@ pub struct SetHydrationParams {
     pub hydration_threshold: Option<u32>,
     pub hydration_batch_size: Option<u32>,
     pub max_bandwidth_mb_sec: Option<u64>,
+    pub max_bandwidth_busy_mb_sec: Option<u64>,
 }
 
 /// Decodes params (absent = `{}`) into `T`; the error names the parameter.
@@ -158,6 +160,9 @@ impl CreateParams {
             hydration_threshold: self.hydration_threshold.unwrap_or(d.hydration_threshold),
             hydration_batch_size: self.hydration_batch_size.unwrap_or(d.hydration_batch_size),
             max_bandwidth_mb_sec: self.max_bandwidth_mb_sec.unwrap_or(d.max_bandwidth_mb_sec),
+            max_bandwidth_busy_mb_sec: self
+                .max_bandwidth_busy_mb_sec
+                .unwrap_or(d.max_bandwidth_busy_mb_sec),
             commit_interval_ms: self.commit_interval_ms.unwrap_or(d.commit_interval_ms),
             discard_passdown,
         }
@@ -182,6 +187,9 @@ impl SetHydrationParams {
         }
         if let Some(r) = self.max_bandwidth_mb_sec {
             s.max_bandwidth_mb_sec = r;
+        }
+        if let Some(r) = self.max_bandwidth_busy_mb_sec {
+            s.max_bandwidth_busy_mb_sec = r;
         }
         s
     }

@@ -974,6 +974,7 @@ impl CloneBdev {
             "hydration_threshold": s.settings.hydration_threshold,
             "hydration_batch_size": s.settings.hydration_batch_size,
             "max_bandwidth_mb_sec": s.settings.max_bandwidth_mb_sec,
+            "max_bandwidth_busy_mb_sec": s.settings.max_bandwidth_busy_mb_sec,
             "commit_interval_ms": s.settings.commit_interval_ms,
             "discard_passdown": s.settings.discard_passdown,
         })
@@ -996,6 +997,7 @@ impl CloneBdev {
                 "hydration_threshold": s.hydration_threshold,
                 "hydration_batch_size": s.hydration_batch_size,
                 "max_bandwidth_mb_sec": s.max_bandwidth_mb_sec,
+                "max_bandwidth_busy_mb_sec": s.max_bandwidth_busy_mb_sec,
                 "commit_interval_ms": s.commit_interval_ms,
                 "no_discard_passdown": p.no_discard_passdown,
                 "allow_unflushed_destination": p.allow_unflushed_destination,

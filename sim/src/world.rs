@@ -159,6 +159,7 @@ impl World {
             hydration_threshold: rng.u32(1..9),
             hydration_batch_size: rng.u32(1..5),
             max_bandwidth_mb_sec: if rng.bool() { 0 } else { rng.u64(1..20) },
+            max_bandwidth_busy_mb_sec: if rng.bool() { 0 } else { rng.u64(1..10) },
             commit_interval_ms: rng.u64(1..30),
             discard_passdown: rng.bool(),
         };

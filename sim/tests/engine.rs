@@ -459,3 +459,32 @@ fn a_device_is_recognised_by_uuid_or_by_name() {
     let (_, r) = Harness::open(devs, q);
     assert!(!r.unwrap().formatted);
 }
+
+#[test]
+fn hydration_yields_to_user_io_and_runs_free_when_idle() {
+    let run = |with_load: bool| {
+        let mut h = open(2048); // 256 regions of 4 KiB
+        let mut s = h.engine.settings().clone();
+        s.hydration_enabled = true;
+        s.max_bandwidth_mb_sec = 0;
+        s.max_bandwidth_busy_mb_sec = 1;
+        h.engine.set_settings(s);
+        let mut i = 0;
+        h.poll_until(100, |h| {
+            if with_load {
+                i = (i + 8) % 2048;
+                h.io(UserOp::Read, i, 8, &[]).0.unwrap();
+            }
+            false
+        });
+        h.engine.status().stats.bytes_hydrated
+    };
+    let busy = run(true);
+    let idle = run(false);
+    // 100 polls 1 ms apart at 1 MiB/s: about 100 KiB (+ a burst) under load.
+    assert!(
+        busy <= 130 * 1024,
+        "hydration did not yield to user I/O: {busy}"
+    );
+    assert_eq!(idle, 1 << 20, "idle hydration was throttled: {idle}");
+}

@@ -191,6 +191,8 @@ pub fn hydrate(o: &HydrateOpts) -> Result<Outcome> {
         hydration_threshold: o.threshold.max(1),
         hydration_batch_size: o.batch.max(1),
         max_bandwidth_mb_sec: o.rate,
+        // No user I/O runs through the CLI's clone.
+        max_bandwidth_busy_mb_sec: 0,
         commit_interval_ms: o.commit_interval_ms,
         discard_passdown: true,
     };
