@@ -248,11 +248,15 @@ def bench_hydration(tmp, size_mib, rows, secs):
                 iops, _ = perf(app, "randread", 32, secs)
                 load[label] = (iops, None)
             else:
+                import threading
                 app.call("bdev_clone_set_hydration", {"name": "c0", "enabled": True})
                 t0 = time.monotonic()
-                iops, _ = perf(app, "randread", 32, secs)
-                t, c = app.wait_hydrated("c0")
-                load[label] = (iops, time.monotonic() - t0)
+                res = {}
+                th = threading.Thread(target=lambda: res.update(r=perf(app, "randread", 32, secs)))
+                th.start()
+                t, _ = app.wait_hydrated("c0")  # polled while the load runs
+                th.join()
+                load[label] = (res["r"][0], t)
         finally:
             app.stop()
     rows.append(f"## 2. Hydration of {size_mib} MiB (malloc to malloc)\n")
@@ -290,19 +294,20 @@ def bench_first_write(tmp, rows, secs):
         meta_mib = max(8, size * 1024 // kb // 32512 * 8 // 1024 + 8)
         cfgs = [
             ([null("src", size), null("dst", size), malloc("meta", meta_mib), clone("c0", region_size_kb=kb, no_hydration=True)], "c0"),
-            ([null("src", size), null("lvsbase", 1 << 20),
+            # A blobstore needs real media for its metadata: malloc, 3 GiB.
+            ([null("src", size), malloc("lvsbase", 3072),
               {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "lvsbase", "lvs_name": "lvs", "cluster_sz": kb * 1024}},
               {"method": "bdev_lvol_clone_bdev", "params": {"bdev": "src", "lvs_name": "lvs", "clone_name": "esnap"}}], "lvs/esnap"),
         ]
         for cfg, target in cfgs:
             try:
-                app = App(tmp, "fw", [bdevperf(), "-z", "-T", target, "-q", "1", "-o", "4096", "-w", "randwrite", "-t", "1"], cfg, 2048)
+                app = App(tmp, "fw", [bdevperf(), "-z", "-T", target, "-q", "1", "-o", "4096", "-w", "randwrite", "-t", "1"], cfg, 4608)
             except RuntimeError as e:
                 lat.append(None)
                 print(f"  {target} {kb} KiB: {str(e)[-300:]}", file=sys.stderr)
                 continue
             try:
-                lat.append(perf(app, "randwrite", 1, secs)[1])
+                lat.append(perf(app, "randwrite", 1, 1)[1])
             except RuntimeError as e:
                 print(f"  {target} {kb} KiB: {e}", file=sys.stderr)
                 lat.append(None)

@@ -50,7 +50,9 @@ pub fn notice(msg: &str) {
     log(sys::SPDK_LOG_NOTICE, msg)
 }
 
-/// A JSON-RPC request waiting for its answer. Answering consumes it.
+/// A JSON-RPC request waiting for its answer. Answering consumes it; one
+/// dropped unanswered (a panic on the way, a lost path) answers -EIO, so a
+/// client never waits forever.
 pub struct Responder(*mut sys::spdk_jsonrpc_request);
 
 impl Responder {
@@ -60,25 +62,48 @@ impl Responder {
         Responder(req)
     }
 
+    /// Takes the request out, so that Drop does not answer it again.
+    fn take(mut self) -> *mut sys::spdk_jsonrpc_request {
+        std::mem::replace(&mut self.0, std::ptr::null_mut())
+    }
+
     pub fn ok(self, value: Value) {
+        let req = self.take();
         let text = value.to_string();
-        // SAFETY: the request is live (see new); the writer returned by
-        // begin_result is ended exactly once.
+        // SAFETY: the request is live (see new) and answered once; the writer
+        // returned by begin_result is ended exactly once.
         unsafe {
-            let w = sys::spdk_jsonrpc_begin_result(self.0);
+            let w = sys::spdk_jsonrpc_begin_result(req);
             if w.is_null() {
                 return;
             }
             sys::spdk_json_write_val_raw(w, text.as_ptr() as *const c_void, text.len());
-            sys::spdk_jsonrpc_end_result(self.0, w);
+            sys::spdk_jsonrpc_end_result(req, w);
         }
     }
 
     /// `errno` positive (EINVAL...): sent as -errno, as SPDK's RPCs do.
     pub fn err(self, errno: i32, msg: &str) {
-        let text = CString::new(msg.replace('\0', " ")).unwrap();
-        // SAFETY: the request is live; the message is a valid C string.
-        unsafe { sys::spdk_jsonrpc_send_error_response(self.0, -errno, text.as_ptr()) }
+        let req = self.take();
+        send_error(req, errno, msg);
+    }
+}
+
+fn send_error(req: *mut sys::spdk_jsonrpc_request, errno: i32, msg: &str) {
+    let text = CString::new(msg.replace('\0', " ")).unwrap();
+    // SAFETY: the request is live and answered once; the message is a valid C string.
+    unsafe { sys::spdk_jsonrpc_send_error_response(req, -errno, text.as_ptr()) }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            send_error(
+                self.0,
+                5,
+                "bdev_clone: internal error, request not completed",
+            );
+        }
     }
 }
 

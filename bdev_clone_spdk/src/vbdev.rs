@@ -120,6 +120,9 @@ pub struct Host {
     clone: *mut CloneBdev,
     descs: [*mut sys::spdk_bdev_desc; 3],
     claimed: [bool; 3],
+    /// A flush does something on this device (it has a volatile write cache
+    /// and takes flushes); otherwise a flush completes at once.
+    flush_needed: [bool; 3],
     chans: [*mut sys::spdk_io_channel; 3],
     pool: BufPool,
     deferred: VecDeque<(ReqId, IoResult)>,
@@ -164,6 +167,13 @@ impl Backend for Host {
         let ch = self.chans[dev_index(dev)];
         if desc.is_null() || ch.is_null() {
             self.deferred.push_back((id, Err(IoError::NoDevice)));
+            return;
+        }
+        if op == DevOp::Flush && !self.flush_needed[dev_index(dev)] {
+            // No volatile cache (writes are durable when they complete), or
+            // none that takes flushes (refused at create unless the user
+            // accepted it): nothing to send.
+            self.deferred.push_back((id, Ok(())));
             return;
         }
         let ctx = Box::into_raw(Box::new(ReqCtx {
@@ -609,6 +619,7 @@ fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
         clone,
         descs: [null_mut(); 3],
         claimed: [false; 3],
+        flush_needed: [false; 3],
         chans: [null_mut(); 3],
         pool: BufPool::default(),
         deferred: VecDeque::new(),
@@ -680,6 +691,11 @@ fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
             );
         }
         host.claimed[i] = true;
+        // SAFETY: properties of the bdev we just opened.
+        host.flush_needed[i] = unsafe {
+            sys::spdk_bdev_has_write_cache(bdevs[i])
+                && sys::spdk_bdev_io_type_supported(bdevs[i], sys::SPDK_BDEV_IO_TYPE_FLUSH)
+        };
         // SAFETY: the desc is open on this thread.
         host.chans[i] = unsafe { sys::spdk_bdev_get_io_channel(host.descs[i]) };
         if host.chans[i].is_null() {
