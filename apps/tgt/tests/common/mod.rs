@@ -124,33 +124,7 @@ impl Tgt {
 
     /// A raw JSON-RPC call on the socket: Ok(result) or Err((code, message)).
     pub fn call(&self, method: &str, params: Option<Value>) -> Result<Value, (i64, String)> {
-        use std::io::Read;
-        use std::os::unix::net::UnixStream;
-        let mut s = UnixStream::connect(&self.sock).map_err(|e| (0, e.to_string()))?;
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut req = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method});
-        if let Some(p) = params {
-            req["params"] = p;
-        }
-        s.write_all(req.to_string().as_bytes()).unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 65536];
-        loop {
-            let n = s.read(&mut chunk).map_err(|e| (0, e.to_string()))?;
-            if n == 0 {
-                return Err((0, "connection closed".into()));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-                return match v.get("error") {
-                    Some(e) => Err((
-                        e["code"].as_i64().unwrap_or(0),
-                        e["message"].as_str().unwrap_or("").to_string(),
-                    )),
-                    None => Ok(v["result"].clone()),
-                };
-            }
-        }
+        call_sock(&self.sock, method, params, 60)
     }
 
     /// A command of the rpc.py plugin through `spdk-rpc --plugin bdev_clone_rpc`.
@@ -296,4 +270,40 @@ pub fn spdk_dd(conf: &Path, args: &[&str]) -> String {
     );
     assert!(out.status.success(), "spdk_dd {args:?} failed:\n{text}");
     text
+}
+
+/// One JSON-RPC call on a socket, waiting up to `secs` for the answer.
+pub fn call_sock(
+    sock: &Path,
+    method: &str,
+    params: Option<Value>,
+    secs: u64,
+) -> Result<Value, (i64, String)> {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let mut s = UnixStream::connect(sock).map_err(|e| (0, e.to_string()))?;
+    s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+    let mut req = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method});
+    if let Some(p) = params {
+        req["params"] = p;
+    }
+    s.write_all(req.to_string().as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        let n = s.read(&mut chunk).map_err(|e| (0, e.to_string()))?;
+        if n == 0 {
+            return Err((0, "connection closed".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+            return match v.get("error") {
+                Some(e) => Err((
+                    e["code"].as_i64().unwrap_or(0),
+                    e["message"].as_str().unwrap_or("").to_string(),
+                )),
+                None => Ok(v["result"].clone()),
+            };
+        }
+    }
 }
