@@ -78,38 +78,41 @@ fn run(e: &mut Engine<NullHost>) {
     }
 }
 
-fn main() {
-    let tib = 1u64 << 40;
+/// A 1 TiB clone over null data devices and an in-memory metadata device
+/// laid out as `layout`, opened (formatted) and idle.
+fn open_tib(region_size: u32, layout: &bdev_clone::metadata::Layout) -> Engine<NullHost> {
     let data = DeviceInfo {
         block_size: 512,
-        num_blocks: tib / 512,
+        num_blocks: (1u64 << 40) / 512,
     };
+    let host = NullHost {
+        meta: vec![0; layout.total_bytes() as usize],
+        bufs: HashMap::new(),
+        next: 0,
+        done: VecDeque::new(),
+        meta_bytes: 0,
+        meta_writes: 0,
+    };
+    let meta = DeviceInfo {
+        block_size: 512,
+        num_blocks: layout.total_bytes() / 512,
+    };
+    let mut p = OpenParams::new(data, data, meta, 1);
+    p.region_size = Some(region_size);
+    p.settings.hydration_enabled = false;
+    let mut e = Engine::open(host, p);
+    run(&mut e);
+    e
+}
+
+fn main() {
+    let tib = 1u64 << 40;
     println!("| region size | regions per TiB | metadata on disk | engine memory |");
     println!("|---|---|---|---|");
     for region_kb in [4u64, 64, 1024] {
         let regions = tib / (region_kb * 1024);
         let layout = bdev_clone::metadata::Layout::new(512, 4096, regions);
-        let host = NullHost {
-            meta: vec![0; layout.total_bytes() as usize],
-            bufs: HashMap::new(),
-            next: 0,
-            done: VecDeque::new(),
-            meta_bytes: 0,
-            meta_writes: 0,
-        };
-        let mut p = OpenParams::new(
-            data,
-            data,
-            DeviceInfo {
-                block_size: 512,
-                num_blocks: layout.total_bytes() / 512,
-            },
-            1,
-        );
-        p.region_size = Some((region_kb * 1024) as u32);
-        p.settings.hydration_enabled = false;
-        let mut e = Engine::open(host, p);
-        run(&mut e);
+        let e = open_tib((region_kb * 1024) as u32, &layout);
         // Bitmap + committed copy (one bit each per region), per-page slot and dirty flags.
         let computed = regions / 8 * 2 + layout.page_count as u64 * 2;
         println!(
@@ -129,27 +132,7 @@ fn main() {
     );
     println!("| regions changed | pages written | metadata bytes per commit | metadata writes |");
     println!("|---|---|---|---|");
-    let host = NullHost {
-        meta: vec![0; layout.total_bytes() as usize],
-        bufs: HashMap::new(),
-        next: 0,
-        done: VecDeque::new(),
-        meta_bytes: 0,
-        meta_writes: 0,
-    };
-    let mut p = OpenParams::new(
-        data,
-        data,
-        DeviceInfo {
-            block_size: 512,
-            num_blocks: layout.total_bytes() / 512,
-        },
-        1,
-    );
-    p.region_size = Some(65536);
-    p.settings.hydration_enabled = false;
-    let mut e = Engine::open(host, p);
-    run(&mut e);
+    let mut e = open_tib(65536, &layout);
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut id = 0;
     for k in [0u64, 1, 10, 100, 1_000, 10_000, 100_000] {
