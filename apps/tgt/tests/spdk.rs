@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::path::Path;
 
 fn malloc(t: &Tgt, name: &str, mib: u64, bs: u64) {
     t.call(
@@ -356,16 +355,10 @@ fn data_through_the_clone() {
     let src = pattern_file(&dir.join("src.img"), mib << 20, 0x5A);
     pattern_file(&dir.join("dst.img"), mib << 20, 0xEE); // garbage to overwrite
     std::fs::write(dir.join("meta.img"), vec![0u8; 1 << 20]).unwrap();
-    let aio = [
-        ("src", dir.join("src.img")),
-        ("dst", dir.join("dst.img")),
-        ("meta", dir.join("meta.img")),
-    ];
-    let aio: Vec<(&str, &Path)> = aio.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let clone = json!({"method": "bdev_clone_create", "params": {"name": "c0", "source_bdev": "src",
         "destination_bdev": "dst", "metadata_bdev": "meta", "region_size_kb": 64, "no_hydration": true}});
     let conf = dir.join("conf.json");
-    write_json(&conf, &config(&aio, vec![clone]));
+    write_json(&conf, &config(&dir, vec![clone]));
     // 1. An unhydrated clone reads as its source.
     let out1 = dir.join("out1");
     spdk_dd(
@@ -452,14 +445,8 @@ fn save_config_and_restart_resumes() {
     let src = pattern_file(&dir.join("src.img"), 16 << 20, 0x42);
     std::fs::write(dir.join("dst.img"), vec![0u8; 16 << 20]).unwrap();
     std::fs::write(dir.join("meta.img"), vec![0u8; 1 << 20]).unwrap();
-    let aio = [
-        ("src", dir.join("src.img")),
-        ("dst", dir.join("dst.img")),
-        ("meta", dir.join("meta.img")),
-    ];
-    let aio: Vec<(&str, &Path)> = aio.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let conf = dir.join("base.json");
-    write_json(&conf, &config(&aio, vec![]));
+    write_json(&conf, &config(&dir, vec![]));
     let t = Tgt::start(&dir, "tgt", &["-c", conf.to_str().unwrap()]);
     t.plugin(&[
         "bdev_clone_create",
@@ -521,16 +508,10 @@ fn bdevperf_verify_while_hydrating() {
     pattern_file(&dir.join("src.img"), 64 << 20, 0x77);
     std::fs::write(dir.join("dst.img"), vec![0u8; 64 << 20]).unwrap();
     std::fs::write(dir.join("meta.img"), vec![0u8; 1 << 20]).unwrap();
-    let aio = [
-        ("src", dir.join("src.img")),
-        ("dst", dir.join("dst.img")),
-        ("meta", dir.join("meta.img")),
-    ];
-    let aio: Vec<(&str, &Path)> = aio.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let clone = json!({"method": "bdev_clone_create", "params": {"name": "c0", "source_bdev": "src",
         "destination_bdev": "dst", "metadata_bdev": "meta", "region_size_kb": 64, "max_bandwidth_mb_sec": 20}});
     let conf = dir.join("conf.json");
-    write_json(&conf, &config(&aio, vec![clone]));
+    write_json(&conf, &config(&dir, vec![clone]));
     let out = std::process::Command::new(bdevperf)
         .env("LD_PRELOAD", preload_lib())
         .args(APP_ARGS)
@@ -824,16 +805,10 @@ fn every_supported_io_type_works() {
     pattern_file(&dir.join("src.img"), 32 << 20, 0x31);
     std::fs::write(dir.join("dst.img"), vec![0u8; 32 << 20]).unwrap();
     std::fs::write(dir.join("meta.img"), vec![0u8; 1 << 20]).unwrap();
-    let aio = [
-        ("src", dir.join("src.img")),
-        ("dst", dir.join("dst.img")),
-        ("meta", dir.join("meta.img")),
-    ];
-    let aio: Vec<(&str, &Path)> = aio.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let clone = json!({"method": "bdev_clone_create", "params": {"name": "c0", "source_bdev": "src",
         "destination_bdev": "dst", "metadata_bdev": "meta", "region_size_kb": 64}});
     let conf = dir.join("conf.json");
-    write_json(&conf, &config(&aio, vec![clone]));
+    write_json(&conf, &config(&dir, vec![clone]));
     for workload in ["unmap", "write_zeroes", "flush", "reset", "verify"] {
         let out = std::process::Command::new(&bdevperf)
             .env("LD_PRELOAD", preload_lib())

@@ -235,13 +235,14 @@ pub fn pattern_file(path: &Path, bytes: usize, tag: u8) -> Vec<u8> {
     data
 }
 
-/// A JSON config: aio bdevs over files, then the given extra bdev methods.
-pub fn config(aio: &[(&str, &Path)], extra: Vec<Value>) -> Value {
-    let mut cfg: Vec<Value> = aio
+/// A JSON config: aio bdevs `src`, `dst` and `meta` over `dir`'s src.img,
+/// dst.img and meta.img, then the given extra bdev methods.
+pub fn config(dir: &Path, extra: Vec<Value>) -> Value {
+    let mut cfg: Vec<Value> = ["src", "dst", "meta"]
         .iter()
-        .map(|(name, file)| {
+        .map(|name| {
             serde_json::json!({"method": "bdev_aio_create",
-                "params": {"name": name, "filename": file, "block_size": 512}})
+                "params": {"name": name, "filename": dir.join(format!("{name}.img")), "block_size": 512}})
         })
         .collect();
     cfg.extend(extra);
