@@ -62,6 +62,9 @@ impl Backend for NullHost {
     fn free_buf(&mut self, buf: BufId) {
         self.bufs.remove(&buf.0);
     }
+    fn copy_user_data(&mut self, _: UserIoId, _: usize, _: BufId, _: usize) {
+        unreachable!("this example submits no user writes")
+    }
     fn now_ns(&self) -> u64 {
         0
     }

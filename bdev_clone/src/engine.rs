@@ -194,6 +194,9 @@ pub struct Stats {
     pub meta_bytes_written: u64,
     /// Bytes per second of hydration over the last window.
     pub rate_bytes_sec: u64,
+    /// How long hydration has run (state hydrating, paused time excluded)
+    /// since the clone was opened.
+    pub hydration_ns: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -332,6 +335,10 @@ struct Copy {
     blocks: u64,
     buf: BufId,
     background: bool,
+    /// The partial write that needed this copy, its data patched into the
+    /// buffer between the source read and the destination write: one
+    /// destination write instead of two, and the write completes with the copy.
+    merged: Option<RegionOp>,
 }
 
 struct Fanout {
@@ -447,6 +454,8 @@ pub struct Engine<B: Backend> {
     stopping: bool,
     stats: Stats,
     rate_window: (u64, u64),
+    /// When `stats.hydration_ns` was last brought up to date.
+    hydration_clock_ns: u64,
     user_in_flight: u64,
     /// User I/O count at the last sample, and until when the clone counts as busy.
     busy_sample: (u64, u64),
@@ -509,6 +518,7 @@ impl<B: Backend> Engine<B> {
             stopping: false,
             stats: Stats::default(),
             rate_window: (now, 0),
+            hydration_clock_ns: now,
             user_in_flight: 0,
             busy_sample: (0, 0),
             meta_bs: params.meta.block_size.max(1),
@@ -569,6 +579,12 @@ impl<B: Backend> Engine<B> {
         let mut stats = self.stats.clone();
         stats.regions_hydrated = self.shared.map.count_hydrated();
         stats.regions_hydrating = self.locks.values().filter(|l| l.copying).count() as u64;
+        if self.state == CloneState::Hydrating {
+            stats.hydration_ns += self
+                .backend
+                .now_ns()
+                .saturating_sub(self.hydration_clock_ns);
+        }
         let remaining = g.region_count - stats.regions_hydrated;
         let eta_sec = if remaining == 0 {
             Some(0)
@@ -589,6 +605,7 @@ impl<B: Backend> Engine<B> {
 
     /// Changes run-time settings; takes effect at the next poll.
     pub fn set_settings(&mut self, settings: Settings) {
+        self.tick_hydration_clock();
         self.settings = settings;
         if matches!(self.state, CloneState::Hydrating | CloneState::Paused) {
             self.state = if self.settings.hydration_enabled {
@@ -786,16 +803,21 @@ impl<B: Backend> Engine<B> {
                 self.send_region_op(op, true);
             }
             (_, false) => {
-                let mut waiters = VecDeque::new();
-                waiters.push_back(op);
                 self.locks.insert(
                     r,
                     RegionLock {
-                        waiters,
+                        waiters: VecDeque::new(),
                         copying: false,
                     },
                 );
-                if !self.start_copy(r, 1, false) {
+                // Only a plain write can ride in the copy: write-zeroes has no
+                // data, and FUA is left on its own path.
+                let merge = matches!(op.kind, RegionOpKind::Write { fua: false });
+                let started = self.start_copy(r, 1, false, merge.then_some(op));
+                if !started || !merge {
+                    self.locks.get_mut(&r).unwrap().waiters.push_back(op);
+                }
+                if !started {
                     self.copy_backlog.push_back(r);
                 }
             }
@@ -907,7 +929,13 @@ impl<B: Backend> Engine<B> {
 
     // ---------------------------------------------------------------- hydration
 
-    fn start_copy(&mut self, first: u64, count: u64, background: bool) -> bool {
+    fn start_copy(
+        &mut self,
+        first: u64,
+        count: u64,
+        background: bool,
+        merged: Option<RegionOp>,
+    ) -> bool {
         let g = self.shared.geometry;
         let (offset, _) = g.region_extent(first);
         let (last_start, last_len) = g.region_extent(first + count - 1);
@@ -932,6 +960,7 @@ impl<B: Backend> Engine<B> {
             blocks,
             buf,
             background,
+            merged,
         });
         self.send(
             Dev::Source,
@@ -950,6 +979,18 @@ impl<B: Backend> Engine<B> {
             let c = &self.copies[k];
             let (offset, _) = self.shared.geometry.region_extent(c.first);
             let (blocks, buf) = (c.blocks, c.buf);
+            if let Some(op) = c.merged {
+                let Parent::User(id) = op.parent else {
+                    unreachable!("writes are never fanned out")
+                };
+                let bs = self.shared.geometry.block_size as usize;
+                self.backend.copy_user_data(
+                    id,
+                    op.blocks as usize * bs,
+                    buf,
+                    (op.offset - offset) as usize * bs,
+                );
+            }
             self.send(
                 Dev::Dest,
                 DevOp::Write {
@@ -972,11 +1013,22 @@ impl<B: Backend> Engine<B> {
             // Back off before the background hydrator tries again.
             self.retry_after_ns = self.backend.now_ns() + 100_000_000;
         }
+        let mut marked = true;
         for r in c.first..c.first + c.count {
             if result.is_ok() {
-                self.mark_hydrated(r);
+                marked = self.mark_hydrated(r);
             }
             self.unlock(r, result.is_ok());
+        }
+        if let Some(op) = c.merged {
+            // As for a whole-region write: not acknowledged unless marked,
+            // or reads would go to the source.
+            let r = match result {
+                Ok(()) if !marked => Err(IoError::ReadOnly),
+                Ok(()) => Ok(()),
+                Err(_) => Err(IoError::Io),
+            };
+            self.finish(op.parent, r);
         }
         self.check_hydrated();
         if c.background {
@@ -985,10 +1037,21 @@ impl<B: Backend> Engine<B> {
         }
     }
 
+    /// Adds the time since the last tick to `hydration_ns` if hydration was
+    /// running; called before every change of state or settings.
+    fn tick_hydration_clock(&mut self) {
+        let now = self.backend.now_ns();
+        if self.state == CloneState::Hydrating {
+            self.stats.hydration_ns += now.saturating_sub(self.hydration_clock_ns);
+        }
+        self.hydration_clock_ns = now;
+    }
+
     fn check_hydrated(&mut self) {
         if matches!(self.state, CloneState::Hydrating | CloneState::Paused)
             && self.shared.map.count_hydrated() == self.shared.geometry.region_count
         {
+            self.tick_hydration_clock();
             self.state = CloneState::Hydrated;
             self.commit_wanted = true;
         }
@@ -1078,13 +1141,13 @@ impl<B: Backend> Engine<B> {
                 );
             }
             // A pool short of a whole batch still serves one region at a time.
-            if !self.start_copy(first, count, true)
+            if !self.start_copy(first, count, true, None)
                 && (count == 1 || {
                     for r in first + 1..first + count {
                         self.locks.remove(&r);
                     }
                     count = 1;
-                    !self.start_copy(first, 1, true)
+                    !self.start_copy(first, 1, true, None)
                 })
             {
                 self.locks.remove(&first);
@@ -1334,6 +1397,7 @@ impl<B: Backend> Engine<B> {
             return;
         }
         self.shared.writes_allowed.store(false, Ordering::Release);
+        self.tick_hydration_clock();
         self.state = state;
         self.error = Some(msg.clone());
         self.backend.notify(Notice::Failed(msg));
@@ -1358,7 +1422,7 @@ impl<B: Backend> Engine<B> {
             return;
         }
         while let Some(&r) = self.copy_backlog.front() {
-            if !self.start_copy(r, 1, false) {
+            if !self.start_copy(r, 1, false, None) {
                 break;
             }
             self.copy_backlog.pop_front();
@@ -1830,6 +1894,7 @@ impl<B: Backend> Engine<B> {
         let hydrated = self.shared.map.count_hydrated();
         let released = self.meta.flags & metadata::FLAG_SOURCE_RELEASED != 0;
         self.shared.writes_allowed.store(true, Ordering::Release);
+        self.tick_hydration_clock();
         self.state = if released {
             CloneState::SourceReleased
         } else if hydrated == self.shared.geometry.region_count {

@@ -159,6 +159,9 @@ pub trait Backend {
     fn alloc_buf(&mut self, len: usize) -> Option<BufId>;
     fn buf_mut(&mut self, buf: BufId) -> &mut [u8];
     fn free_buf(&mut self, buf: BufId);
+    /// Copies the first `len` bytes of user write `io`'s data into `buf` from
+    /// `offset` bytes on: a partial write rides in its region's copy.
+    fn copy_user_data(&mut self, io: UserIoId, len: usize, buf: BufId, offset: usize);
     /// Monotonic time in nanoseconds.
     fn now_ns(&self) -> u64;
     fn notify(&mut self, notice: Notice);

@@ -292,6 +292,14 @@ impl Backend for Host {
         self.pool.free(buf)
     }
 
+    fn copy_user_data(&mut self, io: UserIoId, len: usize, buf: BufId, offset: usize) {
+        let dst = &mut self.pool.slice(buf)[offset..offset + len];
+        let (iov, cnt) = user_iov(io);
+        // SAFETY: dst is a live pool buffer of len bytes; iov/cnt are the
+        // iovecs of a live write bdev_io, which hold at least len bytes.
+        unsafe { sys::spdk_copy_iovs_to_buf(dst.as_mut_ptr() as *mut c_void, len, iov, cnt) };
+    }
+
     fn now_ns(&self) -> u64 {
         // SAFETY: plain reads of the TSC.
         let t = unsafe { sys::spdk_get_ticks() };
@@ -979,6 +987,7 @@ impl CloneBdev {
             "percent": (s.percent() * 100.0).round() / 100.0,
             "rate_mb_sec": s.stats.rate_bytes_sec as f64 / (1024.0 * 1024.0),
             "eta_sec": s.eta_sec,
+            "hydration_seconds": (s.stats.hydration_ns / 1_000_000) as f64 / 1000.0,
             "state": s.state.as_str(),
             "error": s.error,
             "hydration_errors": s.stats.hydration_errors,

@@ -229,6 +229,11 @@ impl Backend for Host {
         self.bufs.remove(buf.0);
     }
 
+    fn copy_user_data(&mut self, io: UserIoId, len: usize, buf: BufId, offset: usize) {
+        let data = &self.user_data.get(&io.0).expect("user buffer")[..len];
+        self.bufs.get_mut(buf.0)[offset..offset + len].copy_from_slice(data);
+    }
+
     fn now_ns(&self) -> u64 {
         self.now
     }

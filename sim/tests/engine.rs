@@ -72,6 +72,106 @@ fn reads_route_to_source_until_hydrated() {
 }
 
 #[test]
+fn partial_write_rides_in_its_region_copy() {
+    let mut h = open(64);
+    h.trace();
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 10, 2, &w(1, 10, 2)).0,
+        Ok(())
+    );
+    // One source read and one destination write of the whole region, which
+    // carries the user's blocks: no second write for them.
+    let t = h.trace();
+    let submits: Vec<_> = t
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::Submit(dev, op) => Some((*dev, *op)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(submits.len(), 2, "{submits:?}");
+    assert!(matches!(
+        submits[0],
+        (
+            Dev::Source,
+            DevOp::Read {
+                offset_blocks: 8,
+                num_blocks: 8,
+                ..
+            }
+        )
+    ));
+    assert!(matches!(
+        submits[1],
+        (
+            Dev::Dest,
+            DevOp::Write {
+                offset_blocks: 8,
+                num_blocks: 8,
+                fua: false,
+                ..
+            }
+        )
+    ));
+    let want: Vec<_> = (8..16)
+        .map(|b| {
+            Some(if (10..12).contains(&b) {
+                Value::Write { id: 1, block: b }
+            } else {
+                Value::Source(b)
+            })
+        })
+        .collect();
+    assert_eq!(h.read_values(8, 8), want);
+    // It survives a flush and a crash like any write.
+    assert_eq!(h.io(UserOp::Flush, 0, 0, &[]).0, Ok(()));
+    let devs = h.crash();
+    let p = params_for(&devs, RS);
+    let (mut h, r) = Harness::open(devs, p);
+    r.expect("reopen");
+    assert_eq!(h.read_values(8, 8), want);
+}
+
+#[test]
+fn failed_region_copy_fails_the_partial_write_and_hydrates_nothing() {
+    for dev in [Dev::Source, Dev::Dest] {
+        let mut h = open(64);
+        let f = &mut h.host().dev_mut(dev).faults;
+        if dev == Dev::Source {
+            f.read_error = 1000;
+        } else {
+            f.write_error = 1000;
+        }
+        assert_eq!(
+            h.io(UserOp::Write { fua: false }, 10, 2, &w(1, 10, 2)).0,
+            Err(IoError::Io),
+            "{dev}"
+        );
+        assert_eq!(h.engine.status().stats.regions_hydrated, 0, "{dev}");
+        let f = &mut h.host().dev_mut(dev).faults;
+        f.read_error = 0;
+        f.write_error = 0;
+        // The region reads as the source; a retry succeeds.
+        assert_eq!(
+            h.read_values(10, 2),
+            vec![Some(Value::Source(10)), Some(Value::Source(11))]
+        );
+        assert_eq!(
+            h.io(UserOp::Write { fua: false }, 10, 2, &w(2, 10, 2)).0,
+            Ok(())
+        );
+        assert_eq!(
+            h.read_values(9, 3),
+            vec![
+                Some(Value::Source(9)),
+                Some(Value::Write { id: 2, block: 10 }),
+                Some(Value::Write { id: 2, block: 11 })
+            ]
+        );
+    }
+}
+
+#[test]
 fn full_region_write_skips_the_copy() {
     let mut h = open(64);
     h.trace();
@@ -487,4 +587,33 @@ fn hydration_yields_to_user_io_and_runs_free_when_idle() {
         "hydration did not yield to user I/O: {busy}"
     );
     assert_eq!(idle, 1 << 20, "idle hydration was throttled: {idle}");
+}
+
+#[test]
+fn hydration_time_counts_only_while_hydrating() {
+    let mut h = open(2048); // 256 regions of 4 KiB, hydration off
+    let ms = |h: &mut Harness| h.engine.status().stats.hydration_ns / 1_000_000;
+    h.poll_until(50, |_| false);
+    assert_eq!(ms(&mut h), 0, "paused since open");
+    let mut s = h.engine.settings().clone();
+    s.hydration_enabled = true;
+    s.max_bandwidth_mb_sec = 1; // 1 MiB at 1 MiB/s: about a second
+    h.engine.set_settings(s.clone());
+    h.poll_until(100, |_| false); // 100 ms of hydration
+    assert_eq!(ms(&mut h), 100);
+    s.hydration_enabled = false;
+    h.engine.set_settings(s.clone());
+    h.poll_until(300, |_| false); // paused: the clock stands still
+    assert_eq!(ms(&mut h), 100);
+    s.hydration_enabled = true;
+    h.engine.set_settings(s);
+    assert!(h.poll_until(5_000, |h| h.engine.state() == CloneState::Hydrated));
+    let total = ms(&mut h);
+    assert!(
+        (900..=1_200).contains(&total),
+        "{total} ms for 1 MiB at 1 MiB/s"
+    );
+    // Hydrated: the clock stops for good.
+    h.poll_until(100, |_| false);
+    assert_eq!(ms(&mut h), total);
 }

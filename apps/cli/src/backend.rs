@@ -301,6 +301,10 @@ impl Backend for FileBackend {
         self.pool.free(buf)
     }
 
+    fn copy_user_data(&mut self, _: UserIoId, _: usize, _: BufId, _: usize) {
+        unreachable!("the CLI submits no user writes to the engine")
+    }
+
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }

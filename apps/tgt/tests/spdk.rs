@@ -53,6 +53,7 @@ fn lifecycle_through_the_plugin() {
         "percent",
         "rate_mb_sec",
         "eta_sec",
+        "hydration_seconds",
         "state",
         "error",
         "source_bdev",
@@ -65,6 +66,7 @@ fn lifecycle_through_the_plugin() {
         assert!(info.get(key).is_some(), "get_clones lacks {key}: {info}");
     }
     assert_eq!(info["state"], "paused");
+    assert_eq!(info["hydration_seconds"], 0.0, "never hydrated yet");
     assert_eq!(info["regions_total"], 256);
     // bdev_get_bdevs shows the same object.
     let b = t
@@ -90,6 +92,8 @@ fn lifecycle_through_the_plugin() {
     let info = t.wait_state("c0", "hydrated", 60);
     assert_eq!(info["regions_hydrated"], 256);
     assert_eq!(info["hydration_threshold"], 16);
+    let secs = info["hydration_seconds"].as_f64().unwrap();
+    assert!(secs > 0.0 && secs < 60.0, "hydration_seconds {secs}");
     t.plugin(&["bdev_clone_release_source", "c0"]).unwrap();
     assert_eq!(t.clone_info("c0")["state"], "source_released");
     assert!(!claimed(&t, "src"), "the released source is still claimed");

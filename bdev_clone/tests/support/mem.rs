@@ -127,6 +127,11 @@ impl Backend for Mem {
         assert!(self.bufs.remove(&buf.0).is_some(), "double free");
     }
 
+    fn copy_user_data(&mut self, io: UserIoId, len: usize, buf: BufId, offset: usize) {
+        let data = &self.user.get(&io.0).expect("user data")[..len];
+        self.bufs.get_mut(&buf.0).expect("live buffer")[offset..offset + len].copy_from_slice(data);
+    }
+
     fn now_ns(&self) -> u64 {
         self.now
     }
