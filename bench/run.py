@@ -102,8 +102,24 @@ class App:
             time.sleep(0.01)
 
 
-def malloc(name, mib, bs=512):
-    return {"method": "bdev_malloc_create", "params": {"name": name, "num_blocks": mib * MIB // bs, "block_size": bs}}
+def malloc(name, mib, bs=512, touch=True):
+    """A malloc bdev, by default with all its memory faulted in.
+
+    With --no-huge a malloc bdev's memory is faulted in page by page on first
+    touch, which in this VM costs about as much as the copy itself. An lvstore
+    created on a malloc bdev zeroes (touches) all of it, so without this every
+    lvol configuration would run on warm memory and every other on cold memory.
+    Production runs on hugepages (pinned, never faulted): warm memory is the
+    fair setting. Creating and deleting a throwaway lvstore is the one way
+    through the RPC interface to touch a whole bdev.
+    """
+    create = {"method": "bdev_malloc_create", "params": {"name": name, "num_blocks": mib * MIB // bs, "block_size": bs}}
+    if not touch:
+        return [create]
+    return [create,
+            {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": name, "lvs_name": "touch_" + name,
+                                                             "clear_method": "unmap", "cluster_sz": MIB}},
+            {"method": "bdev_lvol_delete_lvstore", "params": {"lvs_name": "touch_" + name}}]
 
 
 def null(name, mib, bs=512):
@@ -133,13 +149,13 @@ def perf(app, workload, qd, secs, size=4096):
 # ------------------------------------------------------------------ 1. I/O path
 
 def io_configs(size_mib):
-    src_dst = [malloc("src", size_mib), malloc("dst", size_mib), malloc("meta", 8)]
-    esnap = [malloc("src", size_mib), malloc("lvsbase", size_mib * 2),
+    src_dst = [*malloc("src", size_mib), *malloc("dst", size_mib), *malloc("meta", 8)]
+    esnap = [*malloc("src", size_mib), *malloc("lvsbase", size_mib * 2, touch=False),
              {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "lvsbase", "lvs_name": "lvs", "cluster_sz": 65536}},
              {"method": "bdev_lvol_clone_bdev", "params": {"bdev": "src", "lvs_name": "lvs", "clone_name": "esnap"}}]
     return [
-        ("base bdev (malloc)", [malloc("base", size_mib)], "base", None),
-        ("passthru vbdev", [malloc("base", size_mib), {"method": "bdev_passthru_create", "params": {"base_bdev_name": "base", "name": "pt"}}], "pt", None),
+        ("base bdev (malloc)", [*malloc("base", size_mib)], "base", None),
+        ("passthru vbdev", [*malloc("base", size_mib), {"method": "bdev_passthru_create", "params": {"base_bdev_name": "base", "name": "pt"}}], "pt", None),
         ("bdev_clone, hydrated", src_dst + [clone("c0")], "c0", "hydrate"),
         ("bdev_clone, unhydrated", src_dst + [clone("c0", no_hydration=True)], "c0", None),
         ("lvol esnap clone", esnap, "lvs/esnap", None),
@@ -167,7 +183,7 @@ def bench_io(tmp, size_mib, secs, rows, rounds):
         print(f"  I/O path: round {rnd + 1} of {rounds} done", file=sys.stderr)
     # Median of the rounds.
     results = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
-    rows.append(f"## 1. I/O path: 4 KiB random I/O, one core (median of {rounds} interleaved rounds, {secs} s each)\n")
+    rows.append(f"## 1. I/O path: 4 KiB random I/O, one core (median of {rounds} interleaved rounds, {secs} s per cell)\n")
     rows.append("| configuration | read QD1 IOPS | read QD32 | read QD128 | write QD1 | write QD32 | write QD128 | cycles/IO (read QD128) |")
     rows.append("|---|---|---|---|---|---|---|---|")
     hz = tsc_hz()
@@ -176,11 +192,13 @@ def bench_io(tmp, size_mib, secs, rows, rounds):
         cyc = hz / results[(label, "randread", 128)][0] if hz else 0
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {cyc:,.0f} |")
     pt = "passthru vbdev"
-    rows.append("\nRatios to passthru (IOPS):\n")
+    rows.append("\nRatios to passthru (IOPS), the median over the rounds of each round's ratio (the two ran "
+                "seconds apart, so a slow spell of the VM hits both):\n")
     rows.append("| configuration | read QD32 | read QD128 | write QD32 | write QD128 |")
     rows.append("|---|---|---|---|---|")
     for label in ("bdev_clone, hydrated", "bdev_clone, unhydrated", "lvol esnap clone", "lvol esnap clone, inflated"):
-        cells = [f"{results[(label, w, q)][0] / results[(pt, w, q)][0] * 100:.1f}%" for w in ("randread", "randwrite") for q in (32, 128)]
+        cells = [f"{statistics.median(c[0] / p[0] for c, p in zip(samples[(label, w, q)], samples[(pt, w, q)])) * 100:.1f}%"
+                 for w in ("randread", "randwrite") for q in (32, 128)]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     rows.append("")
     return results
@@ -199,77 +217,83 @@ def tsc_hz():
 
 # ------------------------------------------------------------------ 2. hydration
 
-def bench_hydration(tmp, size_mib, rows, secs):
+def bench_hydration(tmp, size_mib, load_mib, rows, secs, rounds):
     mem = size_mib * 4 + 1024
-    out = {}
-    # bdev_clone, no load
-    app = App(tmp, "hyd", [shutil.which("spdk_tgt")], [malloc("src", size_mib), malloc("dst", size_mib), malloc("meta", 8)], mem)
-    try:
-        t0 = time.monotonic()
-        app.call("bdev_clone_create", clone("c0")["params"])
-        t, _ = app.wait_hydrated("c0")
-        out["bdev_clone"] = t + 0 * t0
-    finally:
-        app.stop()
-    # spdk_dd, same bdevs
-    cfg = os.path.join(tmp, "dd.json")
-    with open(cfg, "w") as f:
-        json.dump({"subsystems": [{"subsystem": "bdev", "config": [malloc("src", size_mib), malloc("dst", size_mib)]}]}, f)
-    t0 = time.monotonic()
-    p = subprocess.run([shutil.which("spdk_dd")] + APP + ["-s", str(mem), "--json", cfg, "--ib", "src", "--ob", "dst",
-                       "--bs", str(MIB)], capture_output=True, text=True)
-    wall = time.monotonic() - t0
-    if p.returncode != 0:
-        raise RuntimeError(p.stdout + p.stderr)
-    avg = [l for l in p.stdout.splitlines() if "average" in l]
-    out["spdk_dd"] = size_mib / parse_mbps(avg[-1]) if avg else wall
-    # lvol inflate of an esnap clone
-    app = App(tmp, "inf", [shutil.which("spdk_tgt")],
-              [malloc("src", size_mib), malloc("lvsbase", size_mib + 256),
-               {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "lvsbase", "lvs_name": "lvs", "cluster_sz": 1 << 20}},
-               {"method": "bdev_lvol_clone_bdev", "params": {"bdev": "src", "lvs_name": "lvs", "clone_name": "esnap"}}], mem)
-    try:
-        t0 = time.monotonic()
-        app.call("bdev_lvol_inflate", {"name": "lvs/esnap"})
-        out["lvol inflate"] = time.monotonic() - t0
-    finally:
-        app.stop()
-    # Under load: bdevperf randread QD32 on the clone, hydrating vs hydrated.
-    load = {}
-    for label, kw in (("no hydration running", {}), ("hydrating, default settings", {}),
-                      ("hydrating, no rate limit", {"max_bandwidth_mb_sec": 0}),
-                      ("hydrating, 100 MiB/s limit", {"max_bandwidth_mb_sec": 100}),
-                      ("hydrating, 50 MiB/s limit", {"max_bandwidth_mb_sec": 50})):
-        app = App(tmp, "load", [bdevperf(), "-z", "-T", "c0", "-q", "32", "-o", "4096", "-w", "randread", "-t", "1"],
-                  [malloc("src", size_mib), malloc("dst", size_mib), malloc("meta", 8),
-                   clone("c0", no_hydration=True, **kw)], mem)
+    times = {}
+    for rnd in range(rounds):
+        # bdev_clone, no load: the engine's own hydration clock (first copy to last).
+        app = App(tmp, "hyd", [shutil.which("spdk_tgt")],
+                  [*malloc("src", size_mib), *malloc("dst", size_mib), *malloc("meta", 8)], mem)
         try:
-            if label == "no hydration running":
-                iops, _ = perf(app, "randread", 32, secs)
-                load[label] = (iops, None)
-            else:
-                import threading
-                app.call("bdev_clone_set_hydration", {"name": "c0", "enabled": True})
-                t0 = time.monotonic()
-                res = {}
-                th = threading.Thread(target=lambda: res.update(r=perf(app, "randread", 32, secs)))
-                th.start()
-                t, _ = app.wait_hydrated("c0")  # polled while the load runs
-                th.join()
-                load[label] = (res["r"][0], t)
+            app.call("bdev_clone_create", clone("c0")["params"])
+            _, c = app.wait_hydrated("c0")
+            times.setdefault("bdev_clone", []).append(c["hydration_seconds"])
         finally:
             app.stop()
-    rows.append(f"## 2. Hydration of {size_mib} MiB (malloc to malloc)\n")
+        # spdk_dd, same bdevs: the copy time it reports itself.
+        cfg = os.path.join(tmp, "dd.json")
+        with open(cfg, "w") as f:
+            json.dump({"subsystems": [{"subsystem": "bdev", "config": [*malloc("src", size_mib), *malloc("dst", size_mib)]}]}, f)
+        p = subprocess.run([shutil.which("spdk_dd")] + APP + ["-s", str(mem), "--json", cfg, "--ib", "src", "--ob", "dst",
+                           "--bs", str(MIB)], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(p.stdout + p.stderr)
+        avg = [line for line in p.stdout.splitlines() if "average" in line]
+        times.setdefault("spdk_dd", []).append(size_mib / parse_mbps(avg[-1]))
+        # lvol inflate of an esnap clone: the RPC answers when the copy is done.
+        app = App(tmp, "inf", [shutil.which("spdk_tgt")],
+                  [*malloc("src", size_mib), *malloc("lvsbase", size_mib + 256, touch=False),
+                   {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "lvsbase", "lvs_name": "lvs", "cluster_sz": 1 << 20}},
+                   {"method": "bdev_lvol_clone_bdev", "params": {"bdev": "src", "lvs_name": "lvs", "clone_name": "esnap"}}], mem)
+        try:
+            t0 = time.monotonic()
+            app.call("bdev_lvol_inflate", {"name": "lvs/esnap"})
+            times.setdefault("lvol inflate", []).append(time.monotonic() - t0)
+        finally:
+            app.stop()
+        print(f"  hydration: round {rnd + 1} of {rounds} done", file=sys.stderr)
+    out = {k: statistics.median(v) for k, v in times.items()}
+    # Under load: bdevperf randread QD32 on the clone while it hydrates;
+    # interleaved rounds, each row against the same round's unhydrating run.
+    mem = load_mib * 4 + 1024
+    situations = (("no hydration running", None), ("hydrating, default settings", {}),
+                  ("hydrating, no rate limit", {"max_bandwidth_mb_sec": 0, "max_bandwidth_busy_mb_sec": 0}),
+                  ("hydrating, 100 MiB/s limit", {"max_bandwidth_mb_sec": 100, "max_bandwidth_busy_mb_sec": 0}),
+                  ("hydrating, 50 MiB/s limit", {"max_bandwidth_mb_sec": 50, "max_bandwidth_busy_mb_sec": 0}))
+    load = {}
+    for rnd in range(rounds):
+        for label, kw in situations:
+            app = App(tmp, "load", [bdevperf(), "-z", "-T", "c0", "-q", "32", "-o", "4096", "-w", "randread", "-t", "1"],
+                      [*malloc("src", load_mib), *malloc("dst", load_mib), *malloc("meta", 8),
+                       clone("c0", no_hydration=True, **(kw or {}))], mem)
+            try:
+                if kw is not None:
+                    app.call("bdev_clone_set_hydration", {"name": "c0", "enabled": True})
+                iops, _ = perf(app, "randread", 32, secs)
+                c = app.call("bdev_clone_get_clones", {"name": "c0"})[0]
+                load.setdefault(label, []).append((iops, c["hydration_seconds"], c["percent"]))
+            finally:
+                app.stop()
+        print(f"  hydration under load: round {rnd + 1} of {rounds} done", file=sys.stderr)
+    rows.append(f"## 2. Hydration of {size_mib} MiB (malloc to malloc, median of {rounds} interleaved rounds)\n")
     rows.append("| method | seconds | MiB/s | vs spdk_dd |")
     rows.append("|---|---|---|---|")
     for k in ("bdev_clone", "spdk_dd", "lvol inflate"):
-        rows.append(f"| {k} | {out[k]:.2f} | {size_mib / out[k]:,.0f} | {out['spdk_dd'] / out[k] * 100:.0f}% |")
-    rows.append(f"\nConcurrent load (bdevperf randread QD32 on the clone, {secs} s):\n")
-    rows.append("| situation | load IOPS | vs no hydration | hydration seconds |")
-    rows.append("|---|---|---|---|")
-    base = load["no hydration running"][0]
-    for k, (iops, t) in load.items():
-        rows.append(f"| {k} | {iops:,.0f} | {iops / base * 100:.1f}% | {'' if t is None else f'{t:.2f}'} |")
+        rows.append(f"| {k} | {out[k]:.3f} | {size_mib / out[k]:,.0f} | {out['spdk_dd'] / out[k] * 100:.0f}% |")
+    rows.append(f"\nConcurrent load: bdevperf randread QD32 on a {load_mib} MiB clone for {secs} s, hydration "
+                f"enabled as it starts; medians of {rounds} interleaved rounds, the ratio taken per round against the "
+                "same round's run without hydration. Hydration seconds and percent hydrated as the load ended, "
+                "from the engine.\n")
+    rows.append("| situation | load IOPS | vs no hydration | hydration seconds | hydrated at the end |")
+    rows.append("|---|---|---|---|---|")
+    base = load["no hydration running"]
+    for label, kw in situations:
+        v = load[label]
+        iops = statistics.median(x[0] for x in v)
+        ratio = statistics.median(x[0] / b[0] for x, b in zip(v, base)) * 100
+        extra = "| | |" if kw is None else (f"| {statistics.median(x[1] for x in v):.2f} | "
+                                           f"{statistics.median(x[2] for x in v):.0f}% |")
+        rows.append(f"| {label} | {iops:,.0f} | {ratio:.1f}% " + extra)
     rows.append("")
 
 
@@ -284,44 +308,116 @@ def parse_mbps(line):
 
 # ------------------------------------------------------------------ 3. first write
 
-def bench_first_write(tmp, rows, secs):
-    size = 2048  # MiB of source; fresh regions for most of the 1 s run
-    # A source of non-zero data (an aio file in the page cache), so that no
-    # copy can be skipped as zeroes.
+def first_writes(app, target):
+    """How many regions (clusters) the run allocated, i.e. how many of its writes were first writes."""
+    if target == "c0":
+        return app.call("bdev_clone_get_clones", {"name": "c0"})[0]["regions_hydrated"]
+    return app.call("bdev_get_bdevs", {"name": target})[0]["driver_specific"]["lvol"]["num_allocated_clusters"]
+
+
+def slowest_mean(log, n):
+    """Mean latency (µs) of the n slowest I/Os, from the histogram bdevperf -ll prints.
+
+    A first write copies its region and takes tens of µs or more; a write into a
+    region that is already copied takes a few. So the slowest n writes of a run,
+    n being the regions it allocated, are its first writes.
+    """
+    import re
+    buckets = []
+    for line in open(log):
+        m = re.match(r"\s*([0-9.]+)\s*-\s*([0-9.]+):\s*[0-9.]+%\s*\(\s*(\d+)\)", line)
+        if m:
+            buckets.append(((float(m.group(1)) + float(m.group(2))) / 2, int(m.group(3))))
+    total, left = 0.0, n
+    for mid, count in reversed(buckets):
+        take = min(count, left)
+        total += take * mid
+        left -= take
+        if left == 0:
+            break
+    return total / (n - left) if n > left else float("nan")
+
+
+def delay(base, name, read_us, write_us):
+    """SPDK's delay bdev over `base`: fixed read and write latencies."""
+    return {"method": "bdev_delay_create", "params": {
+        "base_bdev_name": base, "name": name, "avg_read_latency": read_us, "p99_read_latency": read_us,
+        "avg_write_latency": write_us, "p99_write_latency": write_us}}
+
+
+def bench_first_write(tmp, rows, rounds):
+    size = 1024  # MiB; the run copies every region or most of them
     src_img = os.path.join(tmp, "fw_src.img")
     with open(src_img, "wb") as f:
-        chunk = os.urandom(MIB)
         for _ in range(size):
-            f.write(chunk)
-    src = {"method": "bdev_aio_create", "params": {"name": "src", "filename": src_img, "block_size": 512}}
-    rows.append("## 3. First write into an unhydrated region: 4 KiB random writes, QD1, 1 s, random-data aio source\n")
-    rows.append("| region / cluster | bdev_clone avg latency (us) | lvol esnap clone avg latency (us) |")
-    rows.append("|---|---|---|")
+            f.write(os.urandom(MIB))
+    # Three kinds of devices, each a function (name, MiB, touch) -> config:
+    # - malloc, zeroed: the clone's own cost, with copies at memory speed;
+    # - the source an aio file of random data (no copy skippable as zeroes),
+    #   read with O_DIRECT from the VM's disk: disk-bound;
+    # - NVMe-like: delay bdevs over malloc, reads 80 µs, writes 20 µs (an NVMe
+    #   drive's order at QD1), on every device of both clones, metadata too.
+    def plain(name, mib, touch=True):
+        return malloc(name, mib, touch=touch)
+
+    def aio_source(name, mib, touch=True):
+        if name != "src":
+            return malloc(name, mib, touch=touch)
+        return [{"method": "bdev_aio_create", "params": {"name": "src", "filename": src_img, "block_size": 512}}]
+
+    def nvme_like(name, mib, touch=True):
+        return [*malloc(name + "_mem", mib, touch=touch), delay(name + "_mem", name, 80, 20)]
+
+    kinds = [("zeroed malloc", plain), ("random-data aio source", aio_source),
+             ("NVMe-like (delay bdevs)", nvme_like)]
+    rows.append(f"## 3. First write into an unhydrated region: 4 KiB random writes, QD1, 1 s, {size} MiB clone, "
+                f"median of {rounds} interleaved rounds\n")
+    rows.append("Mean latency in µs of a first write into a region (the slowest writes of the run, as many as regions it "
+                "copied, from bdevperf's latency histogram); in brackets the average over all writes, including "
+                "those into regions an earlier write had already copied.\n")
+    rows.append("| region / cluster | " + " | ".join(f"bdev_clone, {k} | lvol esnap, {k}" for k, _ in kinds) + " |")
+    rows.append("|---|" + "---|---|" * len(kinds))
+    samples = {}
+    for rnd in range(rounds):
+        for kb in (4, 64, 256, 1024):
+            for kind, dev in kinds:
+                cfgs = [
+                    ([*dev("src", size), *dev("dst", size), *dev("meta", 8),
+                      clone("c0", region_size_kb=kb, no_hydration=True)], "c0"),
+                    ([*dev("src", size), *dev("lvsbase", size + 256, touch=False),
+                      {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "lvsbase", "lvs_name": "lvs", "cluster_sz": kb * 1024}},
+                      {"method": "bdev_lvol_clone_bdev", "params": {"bdev": "src", "lvs_name": "lvs", "clone_name": "esnap"}}], "lvs/esnap"),
+                ]
+                for cfg, target in cfgs:
+                    key = (kb, kind, target)
+                    try:
+                        app = App(tmp, "fw", [bdevperf(), "-z", "-T", target, "-q", "1", "-o", "4096", "-w", "randwrite",
+                                              "-t", "1", "-l", "-l"], cfg, size * 3 + 1024)
+                    except RuntimeError as e:
+                        print(f"  {target} {kb} KiB: {str(e)[-300:]}", file=sys.stderr)
+                        continue
+                    try:
+                        _, lat = perf(app, "randwrite", 1, 1)
+                        first = first_writes(app, target)
+                        time.sleep(0.5)  # the histogram is printed after the RPC answer
+                        samples.setdefault(key, []).append((slowest_mean(app.log, first), lat))
+                    except RuntimeError as e:
+                        print(f"  {target} {kb} KiB: {e}", file=sys.stderr)
+                    finally:
+                        app.stop()
+        print(f"  first write: round {rnd + 1} of {rounds} done", file=sys.stderr)
     for kb in (4, 64, 256, 1024):
-        lat = []
-        cfgs = [
-            ([src, malloc("dst", size), malloc("meta", 8),
-              clone("c0", region_size_kb=kb, no_hydration=True)], "c0"),
-            ([src, malloc("lvsbase", size + 1024),
-              {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "lvsbase", "lvs_name": "lvs", "cluster_sz": kb * 1024}},
-              {"method": "bdev_lvol_clone_bdev", "params": {"bdev": "src", "lvs_name": "lvs", "clone_name": "esnap"}}], "lvs/esnap"),
-        ]
-        for cfg, target in cfgs:
-            try:
-                app = App(tmp, "fw", [bdevperf(), "-z", "-T", target, "-q", "1", "-o", "4096", "-w", "randwrite", "-t", "1"],
-                          cfg, size * 2 + 2048)
-            except RuntimeError as e:
-                lat.append(None)
-                print(f"  {target} {kb} KiB: {str(e)[-300:]}", file=sys.stderr)
-                continue
-            try:
-                lat.append(perf(app, "randwrite", 1, 1)[1])
-            except RuntimeError as e:
-                print(f"  {target} {kb} KiB: {e}", file=sys.stderr)
-                lat.append(None)
-            finally:
-                app.stop()
-        rows.append(f"| {kb} KiB | " + " | ".join("failed" if v is None else f"{v:.1f}" for v in lat) + " |")
+        cells = []
+        for kind, _ in kinds:
+            for target in ("c0", "lvs/esnap"):
+                v = samples.get((kb, kind, target))
+                if not v:
+                    cells.append("failed")
+                    continue
+                first = statistics.median(x for x, _ in v)
+                avg = statistics.median(y for _, y in v)
+                cells.append(f"{first:.1f} ({avg:.1f})")
+        rows.append(f"| {kb} KiB | " + " | ".join(cells) + " |")
     rows.append("")
 
 
@@ -338,11 +434,11 @@ def main():
             f"{subprocess.run(['uname', '-r'], capture_output=True, text=True).stdout.strip()})\n"]
     with tempfile.TemporaryDirectory() as tmp:
         if a.only in (None, "io"):
-            bench_io(tmp, 256, secs, rows, 1 if a.quick else 3)
+            bench_io(tmp, 256, 1 if a.quick else 2, rows, 1 if a.quick else 5)
         if a.only in (None, "hydration"):
-            bench_hydration(tmp, 256 if a.quick else 1024, rows, secs * 2)
+            bench_hydration(tmp, 256 if a.quick else 2048, 1024, rows, secs * 2, 1 if a.quick else 3)
         if a.only in (None, "firstwrite"):
-            bench_first_write(tmp, rows, secs)
+            bench_first_write(tmp, rows, 1 if a.quick else 3)
     text = "\n".join(rows) + "\n"
     with open(a.out, "w") as f:
         f.write(text)
