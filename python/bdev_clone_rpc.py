@@ -29,7 +29,7 @@ def bdev_clone_create(args):
         if value is not None:
             params[key] = value
     for flag in ('no_hydration', 'no_discard_passdown', 'format', 'allow_unflushed_destination',
-                 'wait_for_bases'):
+                 'wait_for_bases', 'source_released'):
         if getattr(args, flag):
             params[flag] = True
     print(_call(args, 'bdev_clone_create', params))
@@ -83,6 +83,8 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help='accept a destination whose volatile write cache is never flushed')
     p.add_argument('--wait-for-bases', action='store_true',
                    help='if a base bdev does not exist yet, create the clone when it appears')
+    p.add_argument('--source-released', action='store_true',
+                   help='the metadata says the source was released: open without it')
     p.set_defaults(func=bdev_clone_create)
 
     p = subparsers.add_parser('bdev_clone_delete', help='Delete a clone (commits first)')

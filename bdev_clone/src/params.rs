@@ -40,6 +40,10 @@ pub struct CreateParams {
     /// (save_config sets it: a config may list the clone before its bases).
     #[serde(default)]
     pub wait_for_bases: bool,
+    /// The metadata says the source was released: open without it (the
+    /// source bdev need not exist). save_config sets it after a release.
+    #[serde(default)]
+    pub source_released: bool,
 }
 
 /// `bdev_clone_delete`, `bdev_clone_release_source`.
@@ -143,6 +147,11 @@ impl CreateParams {
             }
         }
         validate_hydration(self.hydration_threshold, self.hydration_batch_size)?;
+        if self.source_released && self.format {
+            return Err(
+                "format needs the source: it cannot be combined with source_released".into(),
+            );
+        }
         if let Some(ms) = self.commit_interval_ms {
             if ms == 0 || ms > MAX_COMMIT_INTERVAL_MS {
                 return Err(format!(

@@ -463,7 +463,8 @@ static PENDING: Mutex<Vec<CreateParams>> = Mutex::new(Vec::new());
 fn bases_exist(p: &CreateParams) -> bool {
     [&p.source_bdev, &p.destination_bdev, &p.metadata_bdev]
         .iter()
-        .all(|n| bdev_by_name(n).is_some())
+        .enumerate()
+        .all(|(i, n)| (i == 0 && p.source_released) || bdev_by_name(n).is_some())
 }
 
 /// The module's examine_config: a new bdev may complete a pending create.
@@ -525,8 +526,11 @@ fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
     }
     let names = [&p.source_bdev, &p.destination_bdev, &p.metadata_bdev];
     let which = ["source_bdev", "destination_bdev", "metadata_bdev"];
+    // A released source is not opened (it may be gone); the engine checks
+    // that the metadata says it was released.
+    let released = p.source_released;
     let mut bdevs = [null_mut(); 3];
-    for i in 0..3 {
+    for i in usize::from(released)..3 {
         bdevs[i] = bdev_by_name(names[i]).ok_or((
             libc_errno::ENODEV,
             format!("{} '{}' does not exist", which[i], names[i]),
@@ -575,7 +579,10 @@ fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
             num_blocks: sys::spdk_bdev_get_num_blocks(b),
         }
     };
-    let (src, dst, meta) = (info(bdevs[0]), info(bdevs[1]), info(bdevs[2]));
+    let (dst, meta) = (info(bdevs[1]), info(bdevs[2]));
+    // Without the source, the engine checks the destination against the
+    // source's size and block size recorded in the metadata.
+    let src = if released { dst } else { info(bdevs[0]) };
     if src.block_size != dst.block_size {
         return Err(einval(format!(
             "source block size {} differs from destination block size {}",
@@ -643,6 +650,9 @@ fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
         Err(e)
     };
     for (i, dev) in DEVS.iter().enumerate() {
+        if released && *dev == Dev::Source {
+            continue;
+        }
         let n = CString::new(names[i].as_str()).unwrap();
         let write = *dev != Dev::Source;
         // SAFETY: opening by name with our event callback and a tagged ctx.
@@ -722,7 +732,11 @@ fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
     params.format = p.format;
     // SAFETY: the raw bytes view of the UUID union.
     params.uuid = unsafe { uuid.u.raw };
-    params.source_id = uuid_of(bdevs[0]);
+    if released {
+        params.source = None;
+    } else {
+        params.source_id = uuid_of(bdevs[0]);
+    }
     params.dest_id = uuid_of(bdevs[1]);
     params.source_name = p.source_bdev.clone();
     params.dest_name = p.destination_bdev.clone();
@@ -1027,6 +1041,7 @@ impl CloneBdev {
                 "no_discard_passdown": p.no_discard_passdown,
                 "allow_unflushed_destination": p.allow_unflushed_destination,
                 "wait_for_bases": true,
+                "source_released": self.engine().state() == CloneState::SourceReleased,
             }
         })
     }

@@ -217,6 +217,23 @@ fn bad_rpc_calls_are_refused() {
             -22,
             "uuid",
         ),
+        // Fresh metadata says nothing of a release: the source is needed.
+        (
+            "bdev_clone_create",
+            Some(with("source_released", json!(true))),
+            -22,
+            "does not say it was released",
+        ),
+        (
+            "bdev_clone_create",
+            Some({
+                let mut p = with("source_released", json!(true));
+                p["format"] = json!(true);
+                p
+            }),
+            -22,
+            "format needs the source",
+        ),
         (
             "bdev_clone_create",
             Some(with("no_hydration", json!("yes"))),
@@ -497,8 +514,43 @@ fn save_config_and_restart_resumes() {
     ])
     .unwrap();
     t.wait_state("c0", "hydrated", 120);
+    // Released, the source can go: a config saved without it restarts the
+    // clone, which serves the source's data from the destination alone.
+    t.plugin(&["bdev_clone_release_source", "c0"]).unwrap();
+    t.call("bdev_aio_delete", Some(json!({"name": "src"})))
+        .unwrap();
+    let saved = t.plugin(&["save_config"]).unwrap();
+    let create = saved["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["config"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["method"] == "bdev_clone_create")
+        .expect("bdev_clone_create in the saved config");
+    assert_eq!(create["params"]["source_released"], true, "{create}");
+    write_json(&saved_path, &saved);
     t.stop();
     assert!(std::fs::read(dir.join("dst.img")).unwrap() == src);
+    std::fs::remove_file(dir.join("src.img")).unwrap();
+    let t = Tgt::start(&dir, "tgt3", &["-c", saved_path.to_str().unwrap()]);
+    assert_eq!(t.clone_info("c0")["state"], "source_released");
+    t.stop();
+    let out = dir.join("out.img");
+    spdk_dd(
+        &saved_path,
+        &[
+            "--ib",
+            "c0",
+            "--of",
+            out.to_str().unwrap(),
+            "--bs",
+            "1048576",
+        ],
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == src,
+        "data after restart without the source"
+    );
 }
 
 /// SPDK's bdevperf `verify` workload over a clone while it hydrates, with the
