@@ -100,12 +100,7 @@ fn dd_read(dir: &Path, out: &Path, args: &[&str]) {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "spdk_dd failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "spdk_dd failed: {}", output_text(&o));
 }
 
 fn controller_state(t: &Tgt, name: &str) -> String {

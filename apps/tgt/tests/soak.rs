@@ -56,11 +56,7 @@ fn bdevperf_verify(dir: &Path, conf: &Path, secs: u64) -> u64 {
         .arg(secs.to_string())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     std::fs::write(dir.join("bdevperf.last"), &text).unwrap();
     assert!(
         out.status.success(),

@@ -587,11 +587,7 @@ fn bdevperf_verify_while_hydrating() {
         ])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "bdevperf verify failed:\n{text}");
     assert!(text.contains("c0"), "{text}");
     assert!(
@@ -885,11 +881,7 @@ fn every_supported_io_type_works() {
             ])
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         assert!(out.status.success(), "bdevperf {workload} failed:\n{text}");
         let line = text
             .lines()

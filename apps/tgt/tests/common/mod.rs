@@ -253,6 +253,15 @@ pub fn write_json(path: &Path, v: &Value) {
     std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
 }
 
+/// A finished process's stdout followed by its stderr.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// spdk_dd with the module preloaded; panics with its output on failure.
 pub fn spdk_dd(conf: &Path, args: &[&str]) -> String {
     let dd = spdk_tool("spdk_dd").expect("spdk_dd in PATH");
@@ -264,11 +273,7 @@ pub fn spdk_dd(conf: &Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "spdk_dd {args:?} failed:\n{text}");
     text
 }

@@ -118,11 +118,7 @@ impl Initiator {
             .args(args)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         if out.status.success() {
             Ok(text)
         } else {
