@@ -579,12 +579,7 @@ impl<B: Backend> Engine<B> {
         let mut stats = self.stats.clone();
         stats.regions_hydrated = self.shared.map.count_hydrated();
         stats.regions_hydrating = self.locks.values().filter(|l| l.copying).count() as u64;
-        if self.state == CloneState::Hydrating {
-            stats.hydration_ns += self
-                .backend
-                .now_ns()
-                .saturating_sub(self.hydration_clock_ns);
-        }
+        stats.hydration_ns = self.hydration_ns_at(self.backend.now_ns());
         let remaining = g.region_count - stats.regions_hydrated;
         let eta_sec = if remaining == 0 {
             Some(0)
@@ -1037,13 +1032,22 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// Adds the time since the last tick to `hydration_ns` if hydration was
-    /// running; called before every change of state or settings.
+    /// `stats.hydration_ns` brought up to `now`: plus the time since the last
+    /// tick if hydration is running.
+    fn hydration_ns_at(&self, now: u64) -> u64 {
+        let running = if self.state == CloneState::Hydrating {
+            now.saturating_sub(self.hydration_clock_ns)
+        } else {
+            0
+        };
+        self.stats.hydration_ns + running
+    }
+
+    /// Brings `stats.hydration_ns` up to date; called before every change of
+    /// state or settings.
     fn tick_hydration_clock(&mut self) {
         let now = self.backend.now_ns();
-        if self.state == CloneState::Hydrating {
-            self.stats.hydration_ns += now.saturating_sub(self.hydration_clock_ns);
-        }
+        self.stats.hydration_ns = self.hydration_ns_at(now);
         self.hydration_clock_ns = now;
     }
 
