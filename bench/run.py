@@ -126,6 +126,13 @@ def null(name, mib, bs=512):
     return {"method": "bdev_null_create", "params": {"name": name, "num_blocks": mib * MIB // bs, "block_size": bs}}
 
 
+def esnap_clone(cluster_sz):
+    """SPDK's own clone of "src": an lvstore on "lvsbase" and an esnap clone, lvs/esnap."""
+    return [{"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "lvsbase", "lvs_name": "lvs",
+                                                             "cluster_sz": cluster_sz}},
+            {"method": "bdev_lvol_clone_bdev", "params": {"bdev": "src", "lvs_name": "lvs", "clone_name": "esnap"}}]
+
+
 def clone(name, **kw):
     p = {"name": name, "source_bdev": "src", "destination_bdev": "dst", "metadata_bdev": "meta"}
     p.update(kw)
@@ -151,8 +158,7 @@ def perf(app, workload, qd, secs, size=4096):
 def io_configs(size_mib):
     src_dst = [*malloc("src", size_mib), *malloc("dst", size_mib), *malloc("meta", 8)]
     esnap = [*malloc("src", size_mib), *malloc("lvsbase", size_mib * 2, touch=False),
-             {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "lvsbase", "lvs_name": "lvs", "cluster_sz": 65536}},
-             {"method": "bdev_lvol_clone_bdev", "params": {"bdev": "src", "lvs_name": "lvs", "clone_name": "esnap"}}]
+             *esnap_clone(65536)]
     return [
         ("base bdev (malloc)", [*malloc("base", size_mib)], "base", None),
         ("passthru vbdev", [*malloc("base", size_mib), {"method": "bdev_passthru_create", "params": {"base_bdev_name": "base", "name": "pt"}}], "pt", None),
@@ -243,8 +249,7 @@ def bench_hydration(tmp, size_mib, load_mib, rows, secs, rounds):
         # lvol inflate of an esnap clone: the RPC answers when the copy is done.
         app = App(tmp, "inf", [shutil.which("spdk_tgt")],
                   [*malloc("src", size_mib), *malloc("lvsbase", size_mib + 256, touch=False),
-                   {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "lvsbase", "lvs_name": "lvs", "cluster_sz": 1 << 20}},
-                   {"method": "bdev_lvol_clone_bdev", "params": {"bdev": "src", "lvs_name": "lvs", "clone_name": "esnap"}}], mem)
+                   *esnap_clone(1 << 20)], mem)
         try:
             t0 = time.monotonic()
             app.call("bdev_lvol_inflate", {"name": "lvs/esnap"})
@@ -385,8 +390,7 @@ def bench_first_write(tmp, rows, rounds):
                     ([*dev("src", size), *dev("dst", size), *dev("meta", 8),
                       clone("c0", region_size_kb=kb, no_hydration=True)], "c0"),
                     ([*dev("src", size), *dev("lvsbase", size + 256, touch=False),
-                      {"method": "bdev_lvol_create_lvstore", "params": {"bdev_name": "lvsbase", "lvs_name": "lvs", "cluster_sz": kb * 1024}},
-                      {"method": "bdev_lvol_clone_bdev", "params": {"bdev": "src", "lvs_name": "lvs", "clone_name": "esnap"}}], "lvs/esnap"),
+                      *esnap_clone(kb * 1024)], "lvs/esnap"),
                 ]
                 for cfg, target in cfgs:
                     key = (kb, kind, target)
