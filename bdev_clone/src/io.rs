@@ -34,7 +34,7 @@ pub struct BufId(pub u64);
 pub struct ReqId(pub u64);
 
 /// Where the data of a read or write lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Data {
     /// The whole data buffer of a user I/O (its iovecs), passed through untouched.
     User(UserIoId),
@@ -43,7 +43,7 @@ pub enum Data {
 }
 
 /// One request to a device, in that device's blocks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DevOp {
     Read {
         offset_blocks: u64,

@@ -15,7 +15,7 @@ pub struct InFlight {
 }
 
 /// One device operation as the trace records it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TraceEvent {
     Submit(Dev, DevOp),
     Complete(Dev, DevOp, bool),
@@ -32,6 +32,10 @@ pub struct Host {
     pub completed: Vec<(UserIoId, IoResult)>,
     pub notices: Vec<Notice>,
     pub trace: Option<Vec<TraceEvent>>,
+    /// A hash of every request the engine submitted and every completion, in
+    /// order: equal digests mean a seed replayed the same way (refactors
+    /// that must not change behaviour compare them).
+    pub digest: u64,
 }
 
 fn idx(dev: Dev) -> usize {
@@ -54,6 +58,7 @@ impl Host {
             completed: Vec::new(),
             notices: Vec::new(),
             trace: None,
+            digest: 0,
         }
     }
 
@@ -148,9 +153,8 @@ impl Host {
             }
             DevOp::Reset => Ok(()),
         };
-        if let Some(t) = &mut self.trace {
-            t.push(TraceEvent::Complete(f.dev, f.op, result.is_ok()));
-        }
+        let event = TraceEvent::Complete(f.dev, f.op, result.is_ok());
+        self.record(event);
         (f.id, result)
     }
 
@@ -196,6 +200,16 @@ impl Host {
         self.notices.clear();
     }
 
+    fn record(&mut self, event: TraceEvent) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.digest, event).hash(&mut h);
+        self.digest = h.finish();
+        if let Some(t) = &mut self.trace {
+            t.push(event);
+        }
+    }
+
     pub fn buffers_in_use(&self) -> usize {
         self.bufs.bytes
     }
@@ -204,9 +218,7 @@ impl Host {
 impl Backend for Host {
     fn submit(&mut self, id: ReqId, dev: Dev, op: DevOp) {
         let mark = self.dev(dev).flush_mark();
-        if let Some(t) = &mut self.trace {
-            t.push(TraceEvent::Submit(dev, op));
-        }
+        self.record(TraceEvent::Submit(dev, op));
         self.inflight.push(InFlight { id, dev, op, mark });
     }
 

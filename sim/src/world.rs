@@ -45,6 +45,8 @@ pub struct Outcome {
     pub blocks_verified: u64,
     pub commits: u64,
     pub failed_states: u32,
+    /// The host's digest of every device request and completion.
+    pub digest: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +109,7 @@ pub fn run(cfg: &SimConfig) -> Result<Outcome, Failure> {
         seed: cfg.seed,
         message,
     })?;
+    w.out.digest = w.engine().backend.digest;
     Ok(w.out)
 }
 

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         println!("{f}");
     }
     println!(
-        "{} seeds from {first} in {:.1}s: {} failed; {} crashes, {} user ops, {} blocks verified, {} commits, {} failed states",
+        "{} seeds from {first} in {:.1}s: {} failed; {} crashes, {} user ops, {} blocks verified, {} commits, {} failed states, digest {:016x}",
         count,
         t.elapsed().as_secs_f64(),
         failures.len(),
@@ -77,7 +77,8 @@ fn main() -> ExitCode {
         total.user_ops,
         total.blocks_verified,
         total.commits,
-        total.failed_states
+        total.failed_states,
+        total.digest
     );
     if failures.is_empty() {
         ExitCode::SUCCESS
