@@ -76,7 +76,7 @@ impl Backend for NullHost {
 }
 
 fn run(e: &mut Engine<NullHost>) {
-    while let Some(id) = e.backend.done.pop_front() {
+    while let Some(id) = e.backend_mut().done.pop_front() {
         e.complete(id, Ok(()));
     }
 }
@@ -154,7 +154,7 @@ fn main() {
             });
             run(&mut e);
         }
-        let (b0, w0) = (e.backend.meta_bytes, e.backend.meta_writes);
+        let (b0, w0) = (e.backend_mut().meta_bytes, e.backend_mut().meta_writes);
         id += 1;
         e.submit(UserIo {
             id: UserIoId(id),
@@ -163,8 +163,8 @@ fn main() {
             num_blocks: 0,
         });
         run(&mut e);
-        let bytes = e.backend.meta_bytes - b0;
-        let writes = e.backend.meta_writes - w0;
+        let bytes = e.backend_mut().meta_bytes - b0;
+        let writes = e.backend_mut().meta_writes - w0;
         let pages = bytes.saturating_sub(512) / 4096;
         println!("| {k} | {pages} | {bytes} | {writes} |");
     }

@@ -427,7 +427,7 @@ struct Meta {
 }
 
 pub struct Engine<B: Backend> {
-    pub backend: B,
+    backend: B,
     shared: Arc<Shared>,
     settings: Settings,
     meta: Meta,
@@ -550,6 +550,20 @@ impl<B: Backend> Engine<B> {
         }
         e.open_io(DevOpKind::Read, 0, need);
         e
+    }
+
+    /// The host, for what it keeps of its own (its queues, its devices).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Ends the engine and hands back its host (after a simulated crash, say).
+    pub fn into_backend(self) -> B {
+        self.backend
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

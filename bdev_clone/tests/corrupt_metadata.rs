@@ -74,7 +74,7 @@ fn scenario() -> &'static Scenario {
             versions.push(expect.clone());
         }
         assert_eq!(read_all(&mut e), expect);
-        let [_, dest, meta] = std::mem::take(&mut e.backend.devs);
+        let [_, dest, meta] = std::mem::take(&mut e.backend_mut().devs);
         Scenario {
             source,
             dest,

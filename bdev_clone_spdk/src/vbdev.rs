@@ -784,7 +784,7 @@ impl CloneBdev {
     /// nothing is left. Called after every call into the engine.
     fn after_engine(&mut self) {
         loop {
-            let host = &mut self.engine_mut().backend;
+            let host = &mut self.engine_mut().backend_mut();
             if let Some((id, r)) = host.deferred.pop_front() {
                 self.engine_mut().complete(id, r);
                 continue;
@@ -862,7 +862,7 @@ impl CloneBdev {
 
     fn register(&mut self, g: bdev_clone::Geometry) -> Result<(), RpcError> {
         let me = self as *mut CloneBdev;
-        let host = &self.engine().backend;
+        let host = &self.engine().backend_mut();
         let iodev = Arc::new(IoDevice {
             shared: self.engine().shared().clone(),
             descs: host.descs.map(AtomicPtr::new),
@@ -933,7 +933,7 @@ impl CloneBdev {
             return true;
         }
         if let Some(e) = self.engine.as_mut() {
-            close_host(&mut e.backend);
+            close_host(&mut e.backend_mut());
         }
         // SAFETY: no one else holds the pointer: not registered, removed from
         // the registry, nothing in flight.
@@ -1121,9 +1121,9 @@ unsafe extern "C" fn clone_poll(arg: *mut c_void) -> c_int {
         // SAFETY: the poller's arg is the live clone; unregistered before free.
         let c = unsafe { &mut *(arg as *mut CloneBdev) };
         let e = c.engine_mut();
-        let retries: Vec<_> = e.backend.retry.drain(..).collect();
+        let retries: Vec<_> = e.backend_mut().retry.drain(..).collect();
         for (id, dev, op) in retries {
-            e.backend.submit(id, dev, op);
+            e.backend_mut().submit(id, dev, op);
         }
         e.poll();
         c.after_engine();
@@ -1151,7 +1151,7 @@ unsafe extern "C" fn source_channels_put(i: *mut sys::spdk_io_channel_iter, _sta
         let c = unsafe {
             &mut *(*(sys::spdk_io_channel_iter_get_io_device(i) as *const IoDevice)).clone
         };
-        let host = &mut c.engine_mut().backend;
+        let host = &mut c.engine_mut().backend_mut();
         // SAFETY: the engine's own source channel and desc, on this thread.
         unsafe {
             if !host.chans[0].is_null() {
@@ -1174,7 +1174,7 @@ unsafe extern "C" fn io_device_gone(arg: *mut c_void) {
         // SAFETY: the last reference: channels are gone, the bdev is being destructed.
         let mut c = unsafe { Box::from_raw(me) };
         if let Some(e) = c.engine.as_mut() {
-            close_host(&mut e.backend);
+            close_host(&mut e.backend_mut());
         }
         // SAFETY: finishing the destruct we returned 1 for.
         unsafe { sys::spdk_bdev_destruct_done(&mut *c.bdev, 0) };

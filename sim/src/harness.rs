@@ -66,7 +66,7 @@ impl Harness {
     }
 
     pub fn host(&mut self) -> &mut Host {
-        &mut self.engine.backend
+        self.engine.backend_mut()
     }
 
     pub fn take_notices(&mut self) -> Vec<Notice> {
@@ -80,8 +80,8 @@ impl Harness {
     /// Completes every request in submission order until nothing is left.
     pub fn run(&mut self) {
         let mut rng = fastrand::Rng::with_seed(0);
-        while !self.engine.backend.inflight.is_empty() {
-            let (id, res) = self.engine.backend.execute(0, &mut rng);
+        while !self.engine.backend_mut().inflight.is_empty() {
+            let (id, res) = self.engine.backend_mut().execute(0, &mut rng);
             self.engine.complete(id, res);
         }
     }
@@ -144,7 +144,7 @@ impl Harness {
         for d in [Dev::Source, Dev::Dest, Dev::Meta] {
             self.host().dev_mut(d).crash(&mut rng, &[]);
         }
-        let Host { devs, .. } = self.engine.backend;
+        let Host { devs, .. } = self.engine.into_backend();
         devs
     }
 }

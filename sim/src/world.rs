@@ -109,7 +109,7 @@ pub fn run(cfg: &SimConfig) -> Result<Outcome, Failure> {
         seed: cfg.seed,
         message,
     })?;
-    w.out.digest = w.engine().backend.digest;
+    w.out.digest = w.engine().backend_mut().digest;
     Ok(w.out)
 }
 
@@ -215,7 +215,7 @@ impl World {
     }
 
     fn host(&mut self) -> &mut Host {
-        &mut self.engine().backend
+        self.engine().backend_mut()
     }
 
     fn run(&mut self) -> Res<()> {
@@ -244,14 +244,14 @@ impl World {
                 let i = self.rng.usize(..inflight);
                 let (id, res) = {
                     let World { engine, rng, .. } = self;
-                    engine.as_mut().unwrap().backend.execute(i, rng)
+                    engine.as_mut().unwrap().backend_mut().execute(i, rng)
                 };
                 self.engine().complete(id, res);
             }
             8 => {
                 let d = self.rng.usize(..3);
                 let World { engine, rng, .. } = self;
-                engine.as_mut().unwrap().backend.devs[d].evict_one(rng);
+                engine.as_mut().unwrap().backend_mut().devs[d].evict_one(rng);
             }
             _ => self.engine().poll(),
         }
@@ -459,7 +459,7 @@ impl World {
                 let i = self.rng.usize(..n);
                 let (id, res) = {
                     let World { engine, rng, .. } = self;
-                    engine.as_mut().unwrap().backend.execute(i, rng)
+                    engine.as_mut().unwrap().backend_mut().execute(i, rng)
                 };
                 self.engine().complete(id, res);
                 self.drain()?;
@@ -504,7 +504,7 @@ impl World {
     }
 
     fn reopen(&mut self) {
-        let mut host = self.engine.take().unwrap().backend;
+        let mut host = self.engine.take().unwrap().into_backend();
         host.reset_after_crash();
         let mut params = self.params.clone();
         // A create that never finished is retried with format, as an operator would.
@@ -519,7 +519,7 @@ impl World {
         self.committed_before_crash = self.engine().committed_regions();
         {
             let World { engine, rng, .. } = self;
-            let host = &mut engine.as_mut().unwrap().backend;
+            let host = &mut engine.as_mut().unwrap().backend_mut();
             for dev in [
                 bdev_clone::Dev::Source,
                 bdev_clone::Dev::Dest,
@@ -574,7 +574,7 @@ impl World {
                 let i = self.rng.usize(..n);
                 let (rid, res) = {
                     let World { engine, rng, .. } = self;
-                    engine.as_mut().unwrap().backend.execute(i, rng)
+                    engine.as_mut().unwrap().backend_mut().execute(i, rng)
                 };
                 self.engine().complete(rid, res);
             };
@@ -631,7 +631,7 @@ impl World {
                 let i = self.rng.usize(..n);
                 let (id, res) = {
                     let World { engine, rng, .. } = self;
-                    engine.as_mut().unwrap().backend.execute(i, rng)
+                    engine.as_mut().unwrap().backend_mut().execute(i, rng)
                 };
                 self.engine().complete(id, res);
             } else {
@@ -657,7 +657,7 @@ impl World {
             let i = self.rng.usize(..n);
             let (rid, res) = {
                 let World { engine, rng, .. } = self;
-                engine.as_mut().unwrap().backend.execute(i, rng)
+                engine.as_mut().unwrap().backend_mut().execute(i, rng)
             };
             self.engine().complete(rid, res);
             self.drain()?;

@@ -220,12 +220,12 @@ pub fn hydrate(o: &HydrateOpts) -> Result<Outcome> {
     let mut failure: Option<String> = None;
     loop {
         let mut worked = false;
-        while let Some((id, r)) = engine.backend.done.pop_front() {
+        while let Some((id, r)) = engine.backend_mut().done.pop_front() {
             engine.complete(id, r);
             worked = true;
         }
         let mut stopped = false;
-        for n in std::mem::take(&mut engine.backend.notices) {
+        for n in std::mem::take(&mut engine.backend_mut().notices) {
             match n {
                 Notice::Opened(Ok(info)) => {
                     let g = info.geometry;
@@ -251,10 +251,10 @@ pub fn hydrate(o: &HydrateOpts) -> Result<Outcome> {
                 }
                 Notice::Opened(Err(e)) => {
                     remove_created();
-                    return Err(open_error(e, &engine.backend));
+                    return Err(open_error(e, &engine.backend_mut()));
                 }
                 Notice::Failed(msg) => {
-                    let detail = engine.backend.first_error.clone();
+                    let detail = engine.backend_mut().first_error.clone();
                     failure.get_or_insert(match detail {
                         Some(d) => format!("{msg}: {d}"),
                         None => msg,
@@ -290,7 +290,7 @@ pub fn hydrate(o: &HydrateOpts) -> Result<Outcome> {
             }
         }
         engine.poll();
-        if !worked && engine.backend.done.is_empty() {
+        if !worked && engine.backend_mut().done.is_empty() {
             // Nothing completed and nothing new was started: wait for the
             // rate limiter or the commit timer.
             std::thread::sleep(Duration::from_micros(500));

@@ -143,7 +143,7 @@ impl Backend for Mem {
 
 /// Completes everything the engine has in flight, and what that starts.
 pub fn drive(e: &mut Engine<Mem>) {
-    while let Some((id, r)) = e.backend.done.pop_front() {
+    while let Some((id, r)) = e.backend_mut().done.pop_front() {
         e.complete(id, r);
     }
 }
@@ -173,7 +173,7 @@ pub fn open(
     let mut e = Engine::open(Mem::new(devs), p);
     drive(&mut e);
     let opened = e
-        .backend
+        .backend_mut()
         .notices
         .iter()
         .find_map(|n| match n {
@@ -194,17 +194,17 @@ pub fn io(e: &mut Engine<Mem>, id: u64, kind: UserOp, offset: u64, blocks: u64) 
     });
     drive(e);
     let at = e
-        .backend
+        .backend_mut()
         .completed
         .iter()
         .position(|(i, _)| i.0 == id)
         .expect("completed");
-    e.backend.completed.remove(at).1
+    e.backend_mut().completed.remove(at).1
 }
 
 /// Writes `data` (whole blocks) at `offset` blocks.
 pub fn write(e: &mut Engine<Mem>, id: u64, offset: u64, data: &[u8]) -> IoResult {
-    e.backend.user.insert(id, data.to_vec());
+    e.backend_mut().user.insert(id, data.to_vec());
     let r = io(
         e,
         id,
@@ -212,16 +212,16 @@ pub fn write(e: &mut Engine<Mem>, id: u64, offset: u64, data: &[u8]) -> IoResult
         offset,
         data.len() as u64 / BS as u64,
     );
-    e.backend.user.remove(&id);
+    e.backend_mut().user.remove(&id);
     r
 }
 
 /// Reads `blocks` at `offset`.
 pub fn read(e: &mut Engine<Mem>, id: u64, offset: u64, blocks: u64) -> Result<Vec<u8>, IoError> {
-    e.backend
+    e.backend_mut()
         .user
         .insert(id, vec![0; (blocks * BS as u64) as usize]);
     let r = io(e, id, UserOp::Read, offset, blocks);
-    let data = e.backend.user.remove(&id).unwrap();
+    let data = e.backend_mut().user.remove(&id).unwrap();
     r.map(|()| data)
 }
