@@ -251,7 +251,7 @@ pub fn hydrate(o: &HydrateOpts) -> Result<Outcome> {
                 }
                 Notice::Opened(Err(e)) => {
                     remove_created();
-                    return Err(open_error(e, &engine.backend_mut()));
+                    return Err(open_error(e, engine.backend()));
                 }
                 Notice::Failed(msg) => {
                     let detail = engine.backend_mut().first_error.clone();
