@@ -1,8 +1,8 @@
 //! A hand-driven engine over simulated devices, for targeted tests: submit
 //! I/O, run it to completion in FIFO order, inspect the device trace.
 
+use crate::backend::{SimBackend, TraceEvent};
 use crate::device::SimDevice;
-use crate::host::{Host, TraceEvent};
 use crate::oracle::Value;
 use bdev_clone::metadata::Layout;
 use bdev_clone::{
@@ -11,7 +11,7 @@ use bdev_clone::{
 };
 
 pub struct Harness {
-    pub engine: Engine<Host>,
+    pub engine: Engine<SimBackend>,
     next: u64,
 }
 
@@ -47,10 +47,10 @@ impl Harness {
         devs: [SimDevice; 3],
         params: OpenParams,
     ) -> (Harness, Result<OpenInfo, OpenError>) {
-        let mut host = Host::new(devs, 64 << 20);
-        host.trace = Some(Vec::new());
+        let mut backend = SimBackend::new(devs, 64 << 20);
+        backend.trace = Some(Vec::new());
         let mut h = Harness {
-            engine: Engine::open(host, params),
+            engine: Engine::open(backend, params),
             next: 0,
         };
         h.run();
@@ -65,16 +65,16 @@ impl Harness {
         (h, r)
     }
 
-    pub fn host(&mut self) -> &mut Host {
+    pub fn backend(&mut self) -> &mut SimBackend {
         self.engine.backend_mut()
     }
 
     pub fn take_notices(&mut self) -> Vec<Notice> {
-        std::mem::take(&mut self.host().notices)
+        std::mem::take(&mut self.backend().notices)
     }
 
     pub fn trace(&mut self) -> Vec<TraceEvent> {
-        std::mem::take(self.host().trace.as_mut().unwrap())
+        std::mem::take(self.backend().trace.as_mut().unwrap())
     }
 
     /// Completes every request in submission order until nothing is left.
@@ -100,7 +100,7 @@ impl Harness {
         for (v, chunk) in values.iter().zip(data.chunks_mut(512)) {
             v.fill(chunk);
         }
-        self.host().user_data.insert(id.0, data);
+        self.backend().user_data.insert(id.0, data);
         self.engine.submit(UserIo {
             id,
             kind,
@@ -109,13 +109,13 @@ impl Harness {
         });
         self.run();
         let pos = self
-            .host()
+            .backend()
             .completed
             .iter()
             .position(|(i, _)| *i == id)
             .expect("user I/O completed");
-        let (_, res) = self.host().completed.remove(pos);
-        let data = self.host().user_data.remove(&id.0).unwrap_or_default();
+        let (_, res) = self.backend().completed.remove(pos);
+        let data = self.backend().user_data.remove(&id.0).unwrap_or_default();
         (res, data)
     }
 
@@ -131,7 +131,7 @@ impl Harness {
             if done(self) {
                 return true;
             }
-            self.host().now += 1_000_000;
+            self.backend().now += 1_000_000;
             self.engine.poll();
             self.run();
         }
@@ -142,9 +142,9 @@ impl Harness {
     pub fn crash(mut self) -> [SimDevice; 3] {
         let mut rng = fastrand::Rng::with_seed(7);
         for d in [Dev::Source, Dev::Dest, Dev::Meta] {
-            self.host().dev_mut(d).crash(&mut rng, &[]);
+            self.backend().dev_mut(d).crash(&mut rng, &[]);
         }
-        let Host { devs, .. } = self.engine.into_backend();
+        let SimBackend { devs, .. } = self.engine.into_backend();
         devs
     }
 }

@@ -6,9 +6,9 @@
 //! crash the clone is reopened and every block is checked by the oracle
 //! against DESIGN.md's crash semantics. The same seed replays exactly.
 
+pub mod backend;
 pub mod device;
 pub mod harness;
-pub mod host;
 pub mod oracle;
 pub mod world;
 

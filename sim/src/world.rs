@@ -1,8 +1,8 @@
 //! One seeded run: a random clone, a random workload racing background
 //! hydration, crashes at random instants, and the oracle's checks after each.
 
+use crate::backend::SimBackend;
 use crate::device::{Faults, SimDevice};
-use crate::host::Host;
 use crate::oracle::{FlushMark, Oracle, ReadMark, Value, Violation};
 use bdev_clone::metadata::Layout;
 use bdev_clone::{
@@ -45,7 +45,7 @@ pub struct Outcome {
     pub blocks_verified: u64,
     pub commits: u64,
     pub failed_states: u32,
-    /// The host's digest of every device request and completion.
+    /// The backend's digest of every device request and completion.
     pub digest: u64,
 }
 
@@ -83,7 +83,7 @@ enum Pending {
 struct World {
     rng: Rng,
     cfg: SimConfig,
-    engine: Option<Engine<Host>>,
+    engine: Option<Engine<SimBackend>>,
     oracle: Oracle,
     params: OpenParams,
     block_size: usize,
@@ -156,7 +156,7 @@ impl World {
             2 * layout.sb_area as usize + 2 * layout.page_count as usize * page_size as usize;
         let region_bytes = region_blocks as usize * bs;
         let buf_limit = open_need.max(rng.usize(2 * region_bytes..40_000.max(4 * region_bytes)));
-        let host = Host::new(devs, buf_limit);
+        let backend = SimBackend::new(devs, buf_limit);
         let settings = Settings {
             hydration_enabled: rng.u32(0..5) != 0,
             hydration_threshold: rng.u32(1..9),
@@ -206,15 +206,15 @@ impl World {
             committed_before_crash: 0,
             cfg,
         };
-        w.engine = Some(Engine::open(host, w.params.clone()));
+        w.engine = Some(Engine::open(backend, w.params.clone()));
         w
     }
 
-    fn engine(&mut self) -> &mut Engine<Host> {
+    fn engine(&mut self) -> &mut Engine<SimBackend> {
         self.engine.as_mut().unwrap()
     }
 
-    fn host(&mut self) -> &mut Host {
+    fn backend(&mut self) -> &mut SimBackend {
         self.engine().backend_mut()
     }
 
@@ -236,8 +236,8 @@ impl World {
             return Err("no progress: the run did not finish".into());
         }
         let dt = self.rng.u64(1_000..300_000);
-        self.host().now += dt;
-        let inflight = self.host().inflight.len();
+        self.backend().now += dt;
+        let inflight = self.backend().inflight.len();
         match self.rng.u32(..12) {
             0..=2 if self.ops_left > 0 && self.pending.len() < self.max_qd => self.submit_random(),
             3..=7 if inflight > 0 => {
@@ -260,11 +260,11 @@ impl World {
 
     /// Handles user completions and notices.
     fn drain(&mut self) -> Res<()> {
-        let done = std::mem::take(&mut self.host().completed);
+        let done = std::mem::take(&mut self.backend().completed);
         for (id, res) in done {
             self.user_done(id, res)?;
         }
-        let notices = std::mem::take(&mut self.host().notices);
+        let notices = std::mem::take(&mut self.backend().notices);
         for n in notices {
             match n {
                 Notice::Opened(r) => {
@@ -286,7 +286,7 @@ impl World {
         let Some(p) = self.pending.remove(&id.0) else {
             return Err(format!("completion of unknown user I/O {id:?}"));
         };
-        let data = self.host().user_data.remove(&id.0).unwrap_or_default();
+        let data = self.backend().user_data.remove(&id.0).unwrap_or_default();
         let state = self.engine().state();
         let failed = matches!(state, CloneState::Failed | CloneState::ReadOnly);
         if let Err(e) = res {
@@ -391,7 +391,7 @@ impl World {
         let bs = self.block_size;
         let pending = match kind {
             UserOp::Read => {
-                self.host()
+                self.backend()
                     .user_data
                     .insert(id.0, vec![0u8; len as usize * bs]);
                 Pending::Read {
@@ -422,7 +422,7 @@ impl World {
                     for (v, chunk) in values.iter().zip(data.chunks_mut(bs)) {
                         v.fill(chunk);
                     }
-                    self.host().user_data.insert(id.0, data);
+                    self.backend().user_data.insert(id.0, data);
                 }
                 let entries = self.oracle.submit(offset, &values);
                 Pending::Write {
@@ -452,7 +452,7 @@ impl World {
                 if guard > 100_000 {
                     return Err("open never finished".into());
                 }
-                let n = self.host().inflight.len();
+                let n = self.backend().inflight.len();
                 if n == 0 {
                     return Err("open stalled with nothing in flight".into());
                 }
@@ -496,7 +496,7 @@ impl World {
 
     fn set_faults(&mut self, on: bool) {
         let faults = self.faults.clone();
-        for (d, f) in self.host().devs.iter_mut().zip(faults) {
+        for (d, f) in self.backend().devs.iter_mut().zip(faults) {
             let lying = d.faults.lying_flush;
             d.faults = if on { f } else { Faults::default() };
             d.faults.lying_flush = lying;
@@ -504,13 +504,13 @@ impl World {
     }
 
     fn reopen(&mut self) {
-        let mut host = self.engine.take().unwrap().into_backend();
-        host.reset_after_crash();
+        let mut backend = self.engine.take().unwrap().into_backend();
+        backend.reset_after_crash();
         let mut params = self.params.clone();
         // A create that never finished is retried with format, as an operator would.
         params.format = !self.opened_once;
         params.nonce = self.rng.u64(..);
-        self.engine = Some(Engine::open(host, params));
+        self.engine = Some(Engine::open(backend, params));
     }
 
     /// Power loss at this instant, then restart, reload and verify every block.
@@ -519,14 +519,14 @@ impl World {
         self.committed_before_crash = self.engine().committed_regions();
         {
             let World { engine, rng, .. } = self;
-            let host = &mut engine.as_mut().unwrap().backend_mut();
+            let backend = engine.as_mut().unwrap().backend_mut();
             for dev in [
                 bdev_clone::Dev::Source,
                 bdev_clone::Dev::Dest,
                 bdev_clone::Dev::Meta,
             ] {
-                let writes = host.in_flight_writes(dev);
-                host.dev_mut(dev).crash(rng, &writes);
+                let writes = backend.in_flight_writes(dev);
+                backend.dev_mut(dev).crash(rng, &writes);
             }
         }
         self.pending.clear();
@@ -539,7 +539,7 @@ impl World {
     /// Reads every block through the clone and checks it against the oracle.
     fn verify_all(&mut self, after_crash: bool) -> Res<()> {
         let saved = self
-            .host()
+            .backend()
             .devs
             .iter()
             .map(|d| d.faults.clone())
@@ -551,7 +551,7 @@ impl World {
             let start = r * self.region_blocks;
             let len = self.region_blocks.min(self.blocks - start);
             let id = self.new_id();
-            self.host()
+            self.backend()
                 .user_data
                 .insert(id.0, vec![0u8; len as usize * bs]);
             self.engine().submit(UserIo {
@@ -561,12 +561,12 @@ impl World {
                 num_blocks: len,
             });
             let data = loop {
-                if let Some(pos) = self.host().completed.iter().position(|(i, _)| *i == id) {
-                    let (_, res) = self.host().completed.remove(pos);
+                if let Some(pos) = self.backend().completed.iter().position(|(i, _)| *i == id) {
+                    let (_, res) = self.backend().completed.remove(pos);
                     res.map_err(|e| format!("verification read of region {r} failed: {e}"))?;
-                    break self.host().user_data.remove(&id.0).unwrap();
+                    break self.backend().user_data.remove(&id.0).unwrap();
                 }
-                let n = self.host().inflight.len();
+                let n = self.backend().inflight.len();
                 if n == 0 {
                     self.engine().poll();
                     continue;
@@ -590,7 +590,7 @@ impl World {
                 self.out.blocks_verified += 1;
             }
         }
-        for (d, f) in self.host().devs.iter_mut().zip(saved) {
+        for (d, f) in self.backend().devs.iter_mut().zip(saved) {
             d.faults = f;
         }
         self.drain()
@@ -625,8 +625,8 @@ impl World {
                     st.stats, st.state
                 ));
             }
-            self.host().now += 50_000;
-            let n = self.host().inflight.len();
+            self.backend().now += 50_000;
+            let n = self.backend().inflight.len();
             if n > 0 && self.rng.u32(..4) != 0 {
                 let i = self.rng.usize(..n);
                 let (id, res) = {
@@ -650,7 +650,7 @@ impl World {
             num_blocks: 0,
         });
         while !self.pending.is_empty() {
-            let n = self.host().inflight.len();
+            let n = self.backend().inflight.len();
             if n == 0 {
                 return Err("final flush stalled".into());
             }
@@ -667,7 +667,7 @@ impl World {
         let lying = self.cfg.lying_dest;
         for b in 0..self.blocks {
             let media = self
-                .host()
+                .backend()
                 .dev(bdev_clone::Dev::Dest)
                 .durable_block(b)
                 .to_vec();

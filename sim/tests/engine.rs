@@ -2,8 +2,8 @@
 //! protocol on the wire, metadata loading and failure states.
 
 use bdev_clone::{CloneState, Dev, DevOp, IoError, OpenError, UserOp};
+use bdev_clone_sim::backend::TraceEvent;
 use bdev_clone_sim::harness::{devices, meta_bytes_for, params_for, Harness};
-use bdev_clone_sim::host::TraceEvent;
 use bdev_clone_sim::oracle::Value;
 
 const RS: u32 = 4096; // 8 blocks per region
@@ -136,7 +136,7 @@ fn partial_write_rides_in_its_region_copy() {
 fn failed_region_copy_fails_the_partial_write_and_hydrates_nothing() {
     for dev in [Dev::Source, Dev::Dest] {
         let mut h = open(64);
-        let f = &mut h.host().dev_mut(dev).faults;
+        let f = &mut h.backend().dev_mut(dev).faults;
         if dev == Dev::Source {
             f.read_error = 1000;
         } else {
@@ -148,7 +148,7 @@ fn failed_region_copy_fails_the_partial_write_and_hydrates_nothing() {
             "{dev}"
         );
         assert_eq!(h.engine.status().stats.regions_hydrated, 0, "{dev}");
-        let f = &mut h.host().dev_mut(dev).faults;
+        let f = &mut h.backend().dev_mut(dev).faults;
         f.read_error = 0;
         f.write_error = 0;
         // The region reads as the source; a retry succeeds.
@@ -437,7 +437,7 @@ fn destination_flush_failure_fails_the_clone_and_marks_nothing() {
     h.io(UserOp::Write { fua: false }, 3, 1, &w(9, 3, 1))
         .0
         .unwrap();
-    h.host().dev_mut(Dev::Dest).faults.flush_error = 1000;
+    h.backend().dev_mut(Dev::Dest).faults.flush_error = 1000;
     assert_eq!(h.io(UserOp::Flush, 0, 0, &[]).0, Err(IoError::Io));
     assert_eq!(h.engine.state(), CloneState::Failed);
     assert!(h.engine.status().error.unwrap().contains("destination"));
@@ -460,7 +460,7 @@ fn metadata_write_failure_makes_the_clone_read_only() {
     h.io(UserOp::Write { fua: false }, 3, 1, &w(11, 3, 1))
         .0
         .unwrap();
-    h.host().dev_mut(Dev::Meta).faults.write_error = 1000;
+    h.backend().dev_mut(Dev::Meta).faults.write_error = 1000;
     assert_eq!(h.io(UserOp::Flush, 0, 0, &[]).0, Err(IoError::Io));
     assert_eq!(h.engine.state(), CloneState::ReadOnly);
     assert!(h.engine.status().error.unwrap().contains("metadata"));

@@ -21,7 +21,9 @@ pub enum TraceEvent {
     Complete(Dev, DevOp, bool),
 }
 
-pub struct Host {
+/// The engine's `Backend` over three `SimDevice`s: requests queue up in
+/// `inflight` until the world executes them, in any order.
+pub struct SimBackend {
     pub now: u64,
     pub devs: [SimDevice; 3],
     pub inflight: Vec<InFlight>,
@@ -46,9 +48,9 @@ fn idx(dev: Dev) -> usize {
     }
 }
 
-impl Host {
-    pub fn new(devs: [SimDevice; 3], buf_limit: usize) -> Host {
-        Host {
+impl SimBackend {
+    pub fn new(devs: [SimDevice; 3], buf_limit: usize) -> SimBackend {
+        SimBackend {
             now: 1_000_000_000,
             devs,
             inflight: Vec::new(),
@@ -191,7 +193,7 @@ impl Host {
             .collect()
     }
 
-    /// Forgets everything volatile of the host (buffers, requests).
+    /// Forgets everything volatile (buffers, requests), as a restarted host would.
     pub fn reset_after_crash(&mut self) {
         self.inflight.clear();
         self.bufs = slab_like::Slab::default();
@@ -215,7 +217,7 @@ impl Host {
     }
 }
 
-impl Backend for Host {
+impl Backend for SimBackend {
     fn submit(&mut self, id: ReqId, dev: Dev, op: DevOp) {
         let mark = self.dev(dev).flush_mark();
         self.record(TraceEvent::Submit(dev, op));
