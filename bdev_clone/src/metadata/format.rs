@@ -1,4 +1,4 @@
-//! On-disk metadata format.
+//! On-disk metadata format: superblock slots, bitmap page slots, CRCs.
 //!
 //! ```text
 //! byte 0              superblock slot 0   (SB_AREA bytes)
@@ -292,6 +292,28 @@ impl Superblock {
 
     pub fn source_released(&self) -> bool {
         self.flags & FLAG_SOURCE_RELEASED != 0
+    }
+
+    /// A superblock of nothing: the template before anything was loaded.
+    pub fn empty() -> Superblock {
+        Superblock {
+            flags: 0,
+            uuid: [0; 16],
+            nonce: 0,
+            seq: 0,
+            block_size: 0,
+            region_size: 0,
+            region_count: 0,
+            source_blocks: 0,
+            dest_blocks: 0,
+            page_size: 0,
+            page_count: 0,
+            regions_hydrated: 0,
+            source_id: [0; 16],
+            dest_id: [0; 16],
+            source_name: String::new(),
+            dest_name: String::new(),
+        }
     }
 }
 

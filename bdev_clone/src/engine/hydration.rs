@@ -1,0 +1,260 @@
+//! Hydration: region copies (source read into a pool buffer, the same
+//! buffer written to the destination), the background sweep with its
+//! throttles, and the hydration clock.
+
+use super::user_io::{Parent, RegionLock, RegionOp};
+use super::{CloneState, Engine, Req};
+use crate::io::*;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+
+pub(super) struct Copy {
+    pub(super) first: u64,
+    pub(super) count: u64,
+    pub(super) blocks: u64,
+    pub(super) buf: BufId,
+    pub(super) background: bool,
+    /// The partial write that needed this copy, its data patched into the
+    /// buffer between the source read and the destination write: one
+    /// destination write instead of two, and the write completes with the copy.
+    pub(super) merged: Option<RegionOp>,
+}
+
+impl<B: Backend> Engine<B> {
+    pub(super) fn start_copy(
+        &mut self,
+        first: u64,
+        count: u64,
+        background: bool,
+        merged: Option<RegionOp>,
+    ) -> bool {
+        let g = self.shared.geometry;
+        let (offset, _) = g.region_extent(first);
+        let (last_start, last_len) = g.region_extent(first + count - 1);
+        let blocks = last_start + last_len - offset;
+        let Some(buf) = self
+            .backend
+            .alloc_buf((blocks * g.block_size as u64) as usize)
+        else {
+            return false;
+        };
+        for r in first..first + count {
+            if let Some(l) = self.locks.get_mut(&r) {
+                l.copying = true;
+            }
+        }
+        if background {
+            self.background_in_flight += count;
+        }
+        let k = self.copies.insert(Copy {
+            first,
+            count,
+            blocks,
+            buf,
+            background,
+            merged,
+        });
+        self.send(
+            Dev::Source,
+            DevOp::Read {
+                offset_blocks: offset,
+                num_blocks: blocks,
+                data: Data::Buf { buf, offset: 0 },
+            },
+            Req::CopyRead(k),
+        );
+        true
+    }
+
+    pub(super) fn copy_step(&mut self, k: usize, wrote: bool, result: IoResult) {
+        if result.is_ok() && !wrote {
+            let c = &self.copies[k];
+            let (offset, _) = self.shared.geometry.region_extent(c.first);
+            let (blocks, buf) = (c.blocks, c.buf);
+            if let Some(op) = c.merged {
+                let Parent::User(id) = op.parent else {
+                    unreachable!("writes are never fanned out")
+                };
+                let bs = self.shared.geometry.block_size as usize;
+                self.backend.copy_user_data(
+                    id,
+                    op.blocks as usize * bs,
+                    buf,
+                    (op.offset - offset) as usize * bs,
+                );
+            }
+            self.send(
+                Dev::Dest,
+                DevOp::Write {
+                    offset_blocks: offset,
+                    num_blocks: blocks,
+                    data: Data::Buf { buf, offset: 0 },
+                    fua: false,
+                },
+                Req::CopyWrite(k),
+            );
+            return;
+        }
+        let c = self.copies.remove(k);
+        self.backend.free_buf(c.buf);
+        if c.background {
+            self.background_in_flight -= c.count;
+        }
+        if result.is_err() {
+            self.stats.hydration_errors += 1;
+            // Back off before the background hydrator tries again.
+            self.retry_after_ns = self.backend.now_ns() + 100_000_000;
+        }
+        let mut marked = true;
+        for r in c.first..c.first + c.count {
+            if result.is_ok() {
+                marked = self.mark_hydrated(r);
+            }
+            self.unlock(r, result.is_ok());
+        }
+        if let Some(op) = c.merged {
+            // As for a whole-region write: not acknowledged unless marked,
+            // or reads would go to the source.
+            let r = match result {
+                Ok(()) if !marked => Err(IoError::ReadOnly),
+                Ok(()) => Ok(()),
+                Err(_) => Err(IoError::Io),
+            };
+            self.finish(op.parent, r);
+        }
+        self.check_hydrated();
+        if c.background {
+            // Keep the copy pipeline full without waiting for the next poll.
+            self.pump_hydration();
+        }
+    }
+
+    /// `stats.hydration_ns` brought up to `now`: plus the time since the last
+    /// tick if hydration is running.
+    pub(super) fn hydration_ns_at(&self, now: u64) -> u64 {
+        let running = if self.state == CloneState::Hydrating {
+            now.saturating_sub(self.hydration_clock_ns)
+        } else {
+            0
+        };
+        self.stats.hydration_ns + running
+    }
+
+    /// Brings `stats.hydration_ns` up to date; called before every change of
+    /// state or settings.
+    pub(super) fn tick_hydration_clock(&mut self) {
+        let now = self.backend.now_ns();
+        self.stats.hydration_ns = self.hydration_ns_at(now);
+        self.hydration_clock_ns = now;
+    }
+
+    pub(super) fn check_hydrated(&mut self) {
+        if matches!(self.state, CloneState::Hydrating | CloneState::Paused)
+            && self.shared.map.count_hydrated() == self.shared.geometry.region_count
+        {
+            self.tick_hydration_clock();
+            self.state = CloneState::Hydrated;
+            self.commit_wanted = true;
+        }
+    }
+
+    /// The hydration rate limit in force, in bytes per second (0 = none):
+    /// the busy limit while user I/O was seen in the last 50 ms.
+    pub(super) fn rate_limit(&mut self, now: u64) -> f64 {
+        let ios = self.shared.user_ios.load(Ordering::Relaxed);
+        if ios != self.busy_sample.0 {
+            self.busy_sample = (ios, now + 50_000_000);
+        }
+        let s = &self.settings;
+        let mb = match (now < self.busy_sample.1, s.max_bandwidth_busy_mb_sec) {
+            (true, busy) if busy > 0 => match s.max_bandwidth_mb_sec {
+                0 => busy,
+                cap => cap.min(busy),
+            },
+            _ => s.max_bandwidth_mb_sec,
+        };
+        mb as f64 * 1024.0 * 1024.0
+    }
+
+    /// Tells the routing path whether to count user I/O (only while
+    /// background hydration runs).
+    pub(super) fn note_hydrating(&self) {
+        let active = self.state == CloneState::Hydrating && self.settings.hydration_enabled;
+        self.shared.hydrating.store(active, Ordering::Relaxed);
+    }
+
+    pub(super) fn pump_hydration(&mut self) {
+        let now = self.backend.now_ns();
+        self.note_hydrating();
+        let rate = self.rate_limit(now);
+        if rate > 0.0 {
+            let g = self.shared.geometry;
+            let batch_bytes =
+                self.settings.hydration_batch_size.max(1) as f64 * g.region_size as f64;
+            let burst = batch_bytes.max(rate / 100.0);
+            let elapsed = now.saturating_sub(self.last_refill_ns) as f64 / 1e9;
+            self.tokens = (self.tokens + elapsed * rate).min(burst);
+        }
+        self.last_refill_ns = now;
+        if self.state != CloneState::Hydrating
+            || !self.settings.hydration_enabled
+            || self.stopping
+            || now < self.retry_after_ns
+        {
+            return;
+        }
+        let g = self.shared.geometry;
+        let threshold = self.settings.hydration_threshold.max(1) as u64;
+        let batch = self.settings.hydration_batch_size.max(1) as u64;
+        let mut scans = 0;
+        while self.background_in_flight < threshold && scans < 64 + threshold {
+            scans += 1;
+            let Some(first) = self.shared.map.next_unhydrated(self.cursor) else {
+                return;
+            };
+            if self.locks.contains_key(&first) {
+                self.cursor = first + 1;
+                continue;
+            }
+            let room = (threshold - self.background_in_flight).min(batch);
+            let mut count = 1;
+            while count < room
+                && first + count < g.region_count
+                && !self.shared.map.is_hydrated(first + count)
+                && !self.locks.contains_key(&(first + count))
+            {
+                count += 1;
+            }
+            if rate > 0.0 {
+                let bytes = (count * g.region_size as u64) as f64;
+                if self.tokens < bytes {
+                    return;
+                }
+                self.tokens -= bytes;
+            }
+            for r in first..first + count {
+                self.locks.insert(
+                    r,
+                    RegionLock {
+                        waiters: VecDeque::new(),
+                        copying: false,
+                    },
+                );
+            }
+            // A pool short of a whole batch still serves one region at a time.
+            if !self.start_copy(first, count, true, None)
+                && (count == 1 || {
+                    for r in first + 1..first + count {
+                        self.locks.remove(&r);
+                    }
+                    count = 1;
+                    !self.start_copy(first, 1, true, None)
+                })
+            {
+                self.locks.remove(&first);
+                return;
+            }
+            self.cursor = first + count;
+        }
+    }
+}
