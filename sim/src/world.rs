@@ -6,8 +6,8 @@ use crate::device::{Faults, SimDevice};
 use crate::oracle::{FlushMark, Oracle, ReadMark, Value, Violation};
 use bdev_clone::metadata::Layout;
 use bdev_clone::{
-    CloneState, DeviceInfo, Engine, Geometry, IoError, Notice, OpenParams, Settings, UserIo,
-    UserIoId, UserOp,
+    CloneState, Data, Dev, DevOp, DeviceInfo, Engine, Geometry, IoError, Notice, OpenParams,
+    Settings, UserIo, UserIoId, UserOp,
 };
 use fastrand::Rng;
 use std::collections::HashMap;
@@ -80,6 +80,16 @@ enum Pending {
     Reset,
 }
 
+/// A user I/O the world submitted and awaits.
+struct InFlightIo {
+    io: UserIo,
+    pending: Pending,
+    /// `World::data_errors` when it was submitted.
+    data_errors: u64,
+    /// A device request carrying its own data failed.
+    own_error: bool,
+}
+
 struct World {
     rng: Rng,
     cfg: SimConfig,
@@ -89,7 +99,7 @@ struct World {
     block_size: usize,
     blocks: u64,
     region_blocks: u64,
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<u64, InFlightIo>,
     busy: Vec<bool>,
     next_id: u64,
     opened_once: bool,
@@ -99,6 +109,13 @@ struct World {
     ops_left: u32,
     max_qd: usize,
     committed_before_crash: u64,
+    /// Requests the source or the destination failed, ever, but for reads
+    /// into a user's buffer (they fail only that user read).
+    data_errors: u64,
+    /// Requests the destination or the metadata failed, ever, and that count
+    /// when the clone last opened: a commit fails only on one of those.
+    commit_dev_errors: u64,
+    commit_dev_errors_at_open: u64,
 }
 
 type Res<T> = Result<T, String>;
@@ -204,6 +221,9 @@ impl World {
             ops_left,
             max_qd,
             committed_before_crash: 0,
+            data_errors: 0,
+            commit_dev_errors: 0,
+            commit_dev_errors_at_open: 0,
             cfg,
         };
         w.engine = Some(Engine::open(backend, w.params.clone()));
@@ -216,6 +236,46 @@ impl World {
 
     fn backend(&mut self) -> &mut SimBackend {
         self.engine().backend_mut()
+    }
+
+    /// Completes in-flight device request `i` (faults apply) and hands the
+    /// result to the engine; counts the device errors.
+    fn execute(&mut self, i: usize) {
+        let (dev, op) = {
+            let f = &self.backend().inflight[i];
+            (f.dev, f.op)
+        };
+        let (id, res) = {
+            let World { engine, rng, .. } = self;
+            engine.as_mut().unwrap().backend_mut().execute(i, rng)
+        };
+        if res.is_err() {
+            // (the user I/O whose buffer the request carries, is it a read)
+            let user = match op {
+                DevOp::Read {
+                    data: Data::User(u),
+                    ..
+                } => Some((u, true)),
+                DevOp::Write {
+                    data: Data::User(u),
+                    ..
+                } => Some((u, false)),
+                _ => None,
+            };
+            if let Some(p) = user.and_then(|(u, _)| self.pending.get_mut(&u.0)) {
+                p.own_error = true;
+            }
+            let user_read = matches!(user, Some((_, true)));
+            // A read into a user's buffer fails that read only; a failed copy
+            // or user write also fails the user writes waiting for it.
+            if dev != Dev::Meta && !user_read {
+                self.data_errors += 1;
+            }
+            if dev != Dev::Source {
+                self.commit_dev_errors += 1;
+            }
+        }
+        self.engine().complete(id, res);
     }
 
     fn run(&mut self) -> Res<()> {
@@ -242,11 +302,7 @@ impl World {
             0..=2 if self.ops_left > 0 && self.pending.len() < self.max_qd => self.submit_random(),
             3..=7 if inflight > 0 => {
                 let i = self.rng.usize(..inflight);
-                let (id, res) = {
-                    let World { engine, rng, .. } = self;
-                    engine.as_mut().unwrap().backend_mut().execute(i, rng)
-                };
-                self.engine().complete(id, res);
+                self.execute(i);
             }
             8 => {
                 let d = self.rng.usize(..3);
@@ -274,6 +330,12 @@ impl World {
                     if !self.cfg.faults {
                         return Err(format!("clone failed without injected faults: {msg}"));
                     }
+                    if self.commit_dev_errors == self.commit_dev_errors_at_open {
+                        return Err(format!(
+                            "clone failed ({msg}) though neither the destination nor the \
+                             metadata failed a request since it opened"
+                        ));
+                    }
                     self.out.failed_states += 1;
                 }
                 _ => {}
@@ -283,19 +345,37 @@ impl World {
     }
 
     fn user_done(&mut self, id: UserIoId, res: Result<(), IoError>) -> Res<()> {
-        let Some(p) = self.pending.remove(&id.0) else {
+        let Some(InFlightIo {
+            io,
+            pending: p,
+            data_errors,
+            own_error,
+        }) = self.pending.remove(&id.0)
+        else {
             return Err(format!("completion of unknown user I/O {id:?}"));
         };
         let data = self.backend().user_data.remove(&id.0).unwrap_or_default();
-        let state = self.engine().state();
-        let failed = matches!(state, CloneState::Failed | CloneState::ReadOnly);
         if let Err(e) = res {
+            let state = self.engine().state();
+            let data_error = own_error || self.data_errors > data_errors;
             if !self.cfg.faults {
                 return Err(format!(
-                    "user I/O failed with {e} without injected faults (state {state:?})"
+                    "user I/O {io:?} failed with \"{e}\" without injected faults (state {state:?})"
                 ));
             }
-            let _ = failed;
+            if !error_explained(io.kind, e, state, own_error, data_error) {
+                return Err(format!(
+                    "user I/O {io:?} failed with \"{e}\" that nothing explains: the clone is \
+                     {state:?}, and {} since it was submitted",
+                    if own_error {
+                        "its own device request failed"
+                    } else if data_error {
+                        "the source or destination failed a request (not its own)"
+                    } else {
+                        "neither the source nor the destination failed a request"
+                    }
+                ));
+            }
         }
         match p {
             Pending::Read { offset, mark } => {
@@ -326,6 +406,20 @@ impl World {
             Pending::Reset => {}
         }
         Ok(())
+    }
+
+    /// Records a user I/O about to be submitted.
+    fn track(&mut self, io: UserIo, pending: Pending) {
+        let data_errors = self.data_errors;
+        self.pending.insert(
+            io.id.0,
+            InFlightIo {
+                io,
+                pending,
+                data_errors,
+                own_error: false,
+            },
+        );
     }
 
     fn new_id(&mut self) -> UserIoId {
@@ -433,13 +527,14 @@ impl World {
                 }
             }
         };
-        self.pending.insert(id.0, pending);
-        self.engine().submit(UserIo {
+        let io = UserIo {
             id,
             kind,
             offset_blocks: offset,
             num_blocks: len,
-        });
+        };
+        self.track(io, pending);
+        self.engine().submit(io);
     }
 
     /// Runs until the engine reports the outcome of opening.
@@ -457,11 +552,7 @@ impl World {
                     return Err("open stalled with nothing in flight".into());
                 }
                 let i = self.rng.usize(..n);
-                let (id, res) = {
-                    let World { engine, rng, .. } = self;
-                    engine.as_mut().unwrap().backend_mut().execute(i, rng)
-                };
-                self.engine().complete(id, res);
+                self.execute(i);
                 self.drain()?;
             }
             match self.open_result.take().unwrap() {
@@ -511,6 +602,7 @@ impl World {
         params.format = !self.opened_once;
         params.nonce = self.rng.u64(..);
         self.engine = Some(Engine::open(backend, params));
+        self.commit_dev_errors_at_open = self.commit_dev_errors;
     }
 
     /// Power loss at this instant, then restart, reload and verify every block.
@@ -572,11 +664,7 @@ impl World {
                     continue;
                 }
                 let i = self.rng.usize(..n);
-                let (rid, res) = {
-                    let World { engine, rng, .. } = self;
-                    engine.as_mut().unwrap().backend_mut().execute(i, rng)
-                };
-                self.engine().complete(rid, res);
+                self.execute(i);
             };
             for (i, chunk) in data.chunks(bs).enumerate() {
                 let b = start + i as u64;
@@ -629,37 +717,29 @@ impl World {
             let n = self.backend().inflight.len();
             if n > 0 && self.rng.u32(..4) != 0 {
                 let i = self.rng.usize(..n);
-                let (id, res) = {
-                    let World { engine, rng, .. } = self;
-                    engine.as_mut().unwrap().backend_mut().execute(i, rng)
-                };
-                self.engine().complete(id, res);
+                self.execute(i);
             } else {
                 self.engine().poll();
             }
             self.drain()?;
         }
         // A final user flush makes everything durable.
-        let id = self.new_id();
-        self.pending
-            .insert(id.0, Pending::Flush(self.oracle.flush_submitted()));
-        self.engine().submit(UserIo {
-            id,
+        let io = UserIo {
+            id: self.new_id(),
             kind: UserOp::Flush,
             offset_blocks: 0,
             num_blocks: 0,
-        });
+        };
+        let pending = Pending::Flush(self.oracle.flush_submitted());
+        self.track(io, pending);
+        self.engine().submit(io);
         while !self.pending.is_empty() {
             let n = self.backend().inflight.len();
             if n == 0 {
                 return Err("final flush stalled".into());
             }
             let i = self.rng.usize(..n);
-            let (rid, res) = {
-                let World { engine, rng, .. } = self;
-                engine.as_mut().unwrap().backend_mut().execute(i, rng)
-            };
-            self.engine().complete(rid, res);
+            self.execute(i);
             self.drain()?;
         }
         self.verify_all(false)?;
@@ -680,5 +760,36 @@ impl World {
         self.out.commits = self.engine().status().stats.commits;
         let _ = Geometry::new;
         Ok(())
+    }
+}
+
+/// Whether the engine may fail a user I/O of `kind` with `e` (its code says
+/// when it does): `Io` for a read whose own device request failed (reads pass
+/// through to one device, in every state); `Io` for a write, unmap or
+/// write-zeroes whose own request failed or one it waited for (its region's
+/// copy, a whole-region write: `data_error`, the source or destination failed
+/// a request since it was submitted); `ReadOnly`, or `Io` when the commit it
+/// waited for failed, for a write, flush, unmap or write-zeroes once the
+/// clone is `Failed` or `ReadOnly`. A reset is passed to the destination,
+/// which never fails it. `NoDevice` (opening, stopping) and `Invalid` (out of
+/// range, across a region) never: the world submits only to an open clone,
+/// within one region.
+fn error_explained(
+    kind: UserOp,
+    e: IoError,
+    state: CloneState,
+    own_error: bool,
+    data_error: bool,
+) -> bool {
+    let failed = matches!(state, CloneState::Failed | CloneState::ReadOnly);
+    match kind {
+        UserOp::Read => e == IoError::Io && own_error,
+        UserOp::Write { .. } | UserOp::Unmap | UserOp::WriteZeroes => match e {
+            IoError::Io => data_error || failed,
+            IoError::ReadOnly => failed,
+            _ => false,
+        },
+        UserOp::Flush => matches!(e, IoError::Io | IoError::ReadOnly) && failed,
+        UserOp::Reset => e == IoError::Io && data_error,
     }
 }
