@@ -3,6 +3,13 @@
 //! engine. All unsafe code of the project lives here and in spdk-sys.
 
 pub mod app;
+mod backend;
+mod channel;
+mod create;
+mod dma;
 mod ffi;
+mod io;
+mod json;
+mod module;
 mod rpc;
-pub mod vbdev;
+mod vbdev;

@@ -2,44 +2,14 @@
 //! methods (registered by the shim). Every parameter is decoded with serde
 //! into a typed struct; a bad one gets -EINVAL with a message naming it.
 
+use crate::create;
+use crate::ffi::libc_errno::*;
 use crate::ffi::{self, Responder};
-use crate::vbdev::{self, libc_errno::*};
+use crate::module;
 use bdev_clone::params::{decode, CreateParams, GetParams, NameParams, SetHydrationParams};
 use serde_json::{json, Value};
 use spdk_sys as sys;
 use std::ffi::c_int;
-
-#[unsafe(no_mangle)]
-pub extern "C" fn bdev_clone_rs_module_init() -> c_int {
-    0
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn bdev_clone_rs_module_fini() {}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn bdev_clone_rs_get_ctx_size() -> c_int {
-    0
-}
-
-/// `save_config`: one `bdev_clone_create` per clone, which resumes it.
-#[unsafe(no_mangle)]
-pub extern "C" fn bdev_clone_rs_config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
-    ffi::guard("config_json", 0, || {
-        vbdev::for_each_clone(|c| {
-            // SAFETY: SPDK's writer, positioned inside the bdev config array.
-            unsafe { ffi::write_value(w, &c.config()) }
-        });
-        0
-    })
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn bdev_clone_rs_examine_config(bdev: *mut sys::spdk_bdev) {
-    ffi::guard("examine_config", (), || vbdev::examine(bdev));
-    // SAFETY: every examine_config call must be answered exactly once.
-    unsafe { sys::spdk_bdev_module_examine_done(vbdev::module()) };
-}
 
 fn no_clone(name: &str) -> (i32, String) {
     (ENODEV, format!("no clone named '{name}'"))
@@ -69,12 +39,12 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
     let result: Result<Option<Value>, (i32, String)> = (|| match method {
         0 => {
             let p: CreateParams = decode(params).map_err(|m| (EINVAL, m))?;
-            vbdev::create(p, take());
+            create::create(p, take());
             Ok(None)
         }
         1 => {
             let p: NameParams = decode(params).map_err(|m| (EINVAL, m))?;
-            let c = vbdev::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
+            let c = module::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
             // SAFETY: registry pointers are live on this thread.
             let c = unsafe { &mut *c };
             c.delete(take());
@@ -83,7 +53,7 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
         2 => {
             let p: GetParams = decode(params).map_err(|m| (EINVAL, m))?;
             let mut out = Vec::new();
-            vbdev::for_each_clone(|c| {
+            module::for_each_clone(|c| {
                 if c.is_open() && p.name.as_deref().is_none_or(|n| n == c.params.name) {
                     out.push(c.info());
                 }
@@ -96,7 +66,7 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
         3 => {
             let p: SetHydrationParams = decode(params).map_err(|m| (EINVAL, m))?;
             p.validate().map_err(|m| (EINVAL, m))?;
-            let c = vbdev::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
+            let c = module::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
             // SAFETY: registry pointers are live on this thread.
             let c = unsafe { &mut *c };
             if !c.is_open() {
@@ -108,7 +78,7 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
         }
         4 => {
             let p: NameParams = decode(params).map_err(|m| (EINVAL, m))?;
-            let c = vbdev::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
+            let c = module::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
             // SAFETY: registry pointers are live on this thread.
             let c = unsafe { &mut *c };
             if !c.is_open() {
