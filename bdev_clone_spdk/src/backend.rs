@@ -1,4 +1,4 @@
-//! The engine's host inside SPDK: the engine's device requests go to the
+//! The engine's backend inside SPDK: the engine's device requests go to the
 //! base bdevs on the clone thread's channels; immediate failures, notices
 //! and requests to retry (SPDK out of bdev_ios) wait in queues that the
 //! clone drains after each call into the engine.
@@ -23,8 +23,8 @@ pub(crate) fn dev_index(dev: Dev) -> usize {
     }
 }
 
-/// The engine's host inside SPDK.
-pub struct Host {
+/// The engine's backend inside SPDK.
+pub struct SpdkBackend {
     pub(crate) clone: *mut CloneBdev,
     pub(crate) descs: [*mut sys::spdk_bdev_desc; 3],
     pub(crate) claimed: [bool; 3],
@@ -61,7 +61,7 @@ unsafe extern "C" fn engine_req_done(
     })
 }
 
-impl Backend for Host {
+impl Backend for SpdkBackend {
     fn submit(&mut self, id: ReqId, dev: Dev, op: DevOp) {
         let desc = self.descs[dev_index(dev)];
         let ch = self.chans[dev_index(dev)];
@@ -212,25 +212,27 @@ impl Backend for Host {
 }
 
 /// Puts the engine's channels and closes the descriptors (on the clone thread).
-pub(crate) fn close_host(host: &mut Host) {
+pub(crate) fn close_backend(backend: &mut SpdkBackend) {
     for (i, dev) in DEVS.iter().enumerate() {
-        if !host.chans[i].is_null() {
+        if !backend.chans[i].is_null() {
             // SAFETY: a channel we got on this thread.
-            unsafe { sys::spdk_put_io_channel(host.chans[i]) };
-            host.chans[i] = null_mut();
+            unsafe { sys::spdk_put_io_channel(backend.chans[i]) };
+            backend.chans[i] = null_mut();
         }
-        if !host.descs[i].is_null() {
+        if !backend.descs[i].is_null() {
             // SAFETY: a desc we opened. An exclusive-write claim is SPDK's
             // v1 claim and must be released explicitly; the shared claim on
             // the source goes with its desc.
             unsafe {
-                if host.claimed[i] && *dev != Dev::Source {
-                    sys::spdk_bdev_module_release_bdev(sys::spdk_bdev_desc_get_bdev(host.descs[i]));
+                if backend.claimed[i] && *dev != Dev::Source {
+                    sys::spdk_bdev_module_release_bdev(sys::spdk_bdev_desc_get_bdev(
+                        backend.descs[i],
+                    ));
                 }
-                sys::spdk_bdev_close(host.descs[i]);
+                sys::spdk_bdev_close(backend.descs[i]);
             }
-            host.claimed[i] = false;
-            host.descs[i] = null_mut();
+            backend.claimed[i] = false;
+            backend.descs[i] = null_mut();
         }
     }
 }

@@ -105,16 +105,16 @@ unsafe extern "C" fn source_channels_put(i: *mut sys::spdk_io_channel_iter, _sta
         let c = unsafe {
             &mut *(*(sys::spdk_io_channel_iter_get_io_device(i) as *const IoDevice)).clone
         };
-        let host = &mut c.engine_mut().backend_mut();
+        let backend = &mut c.engine_mut().backend_mut();
         // SAFETY: the engine's own source channel and desc, on this thread.
         unsafe {
-            if !host.chans[0].is_null() {
-                sys::spdk_put_io_channel(host.chans[0]);
-                host.chans[0] = null_mut();
+            if !backend.chans[0].is_null() {
+                sys::spdk_put_io_channel(backend.chans[0]);
+                backend.chans[0] = null_mut();
             }
-            if !host.descs[0].is_null() {
-                sys::spdk_bdev_close(host.descs[0]);
-                host.descs[0] = null_mut();
+            if !backend.descs[0].is_null() {
+                sys::spdk_bdev_close(backend.descs[0]);
+                backend.descs[0] = null_mut();
             }
         }
     })

@@ -1,7 +1,7 @@
 //! Creating and deleting a clone: validate, open and claim the base bdevs,
 //! start the engine; once it has opened the metadata, register the bdev.
 
-use crate::backend::{close_host, dev_index, Host, DEVS};
+use crate::backend::{close_backend, dev_index, SpdkBackend, DEVS};
 use crate::channel::{chan_create, chan_destroy, Chan, IoDevice};
 use crate::dma::BufPool;
 use crate::ffi::{self, libc_errno, Responder};
@@ -222,7 +222,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         dest_write_cache: cache,
         dest_flush_sent: flushed,
     }));
-    let mut host = Host {
+    let mut backend = SpdkBackend {
         clone,
         descs: [null_mut(); 3],
         claimed: [false; 3],
@@ -235,8 +235,8 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         // SAFETY: constant of the environment.
         ticks_hz: unsafe { sys::spdk_get_ticks_hz() }.max(1),
     };
-    let fail = |host: &mut Host, e: RpcError| {
-        close_host(host);
+    let fail = |backend: &mut SpdkBackend, e: RpcError| {
+        close_backend(backend);
         // SAFETY: not registered anywhere yet.
         drop(unsafe { Box::from_raw(clone) });
         Err(e)
@@ -254,13 +254,13 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
                 write,
                 Some(base_event),
                 tag(clone, *dev),
-                &mut host.descs[i],
+                &mut backend.descs[i],
             )
         };
         if rc == -1 || rc == -libc_errno::EBUSY {
             // EPERM: claimed for exclusive write by another module or clone.
             return fail(
-                &mut host,
+                &mut backend,
                 (
                     libc_errno::EBUSY,
                     format!(
@@ -272,7 +272,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         }
         if rc != 0 {
             return fail(
-                &mut host,
+                &mut backend,
                 (
                     -rc,
                     format!("cannot open {} '{}': error {rc}", which[i], names[i]),
@@ -286,11 +286,11 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         };
         // SAFETY: the desc is open; default claim options.
         let rc = unsafe {
-            sys::spdk_bdev_module_claim_bdev_desc(host.descs[i], claim, null_mut(), module())
+            sys::spdk_bdev_module_claim_bdev_desc(backend.descs[i], claim, null_mut(), module())
         };
         if rc != 0 {
             return fail(
-                &mut host,
+                &mut backend,
                 (
                     libc_errno::EBUSY,
                     format!(
@@ -300,16 +300,16 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
                 ),
             );
         }
-        host.claimed[i] = true;
+        backend.claimed[i] = true;
         // SAFETY: properties of the bdev we just opened.
-        host.flush_needed[i] = unsafe {
+        backend.flush_needed[i] = unsafe {
             sys::spdk_bdev_has_write_cache(bdevs[i])
                 && sys::spdk_bdev_io_type_supported(bdevs[i], sys::SPDK_BDEV_IO_TYPE_FLUSH)
         };
         // SAFETY: the desc is open on this thread.
-        host.chans[i] = unsafe { sys::spdk_bdev_get_io_channel(host.descs[i]) };
-        if host.chans[i].is_null() {
-            return fail(&mut host, (libc_errno::ENOMEM, "no I/O channel".into()));
+        backend.chans[i] = unsafe { sys::spdk_bdev_get_io_channel(backend.descs[i]) };
+        if backend.chans[i].is_null() {
+            return fail(&mut backend, (libc_errno::ENOMEM, "no I/O channel".into()));
         }
     }
     let mut params = OpenParams::new(src, dst, meta, {
@@ -335,7 +335,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
     params.settings = p.settings(discard_passdown);
     CLONES.lock().unwrap().0.push(clone as usize);
     // SAFETY: live, just allocated.
-    unsafe { (*clone).engine = Some(Engine::open(host, params)) };
+    unsafe { (*clone).engine = Some(Engine::open(backend, params)) };
     Ok(clone)
 }
 
@@ -354,10 +354,10 @@ unsafe extern "C" fn delete_done(arg: *mut c_void, rc: c_int) {
 impl CloneBdev {
     pub(crate) fn register(&mut self, g: bdev_clone::Geometry) -> Result<(), RpcError> {
         let me = self as *mut CloneBdev;
-        let host = self.engine().backend();
+        let backend = self.engine().backend();
         let iodev = Arc::new(IoDevice {
             shared: self.engine().shared().clone(),
-            descs: host.descs.map(AtomicPtr::new),
+            descs: backend.descs.map(AtomicPtr::new),
             thread: self.thread,
             clone: me,
         });
@@ -370,7 +370,7 @@ impl CloneBdev {
                     (*sys::spdk_bdev_desc_get_bdev(d)).required_alignment
                 }
             };
-            (a(host.descs[0]), a(host.descs[1]))
+            (a(backend.descs[0]), a(backend.descs[1]))
         };
         let io_device = Arc::as_ptr(&iodev) as *mut c_void;
         self.iodev = Some(iodev);
@@ -425,7 +425,7 @@ impl CloneBdev {
             return true;
         }
         if let Some(e) = self.engine.as_mut() {
-            close_host(e.backend_mut());
+            close_backend(e.backend_mut());
         }
         // SAFETY: no one else holds the pointer: not registered, removed from
         // the registry, nothing in flight.

@@ -8,7 +8,7 @@
 //! (a lock-free bitmap test, the caller's iovecs, no copy); everything else is
 //! sent to the clone thread, and its completion sent back.
 
-use crate::backend::{close_host, Host};
+use crate::backend::{close_backend, SpdkBackend};
 use crate::channel::fn_get_io_channel;
 use crate::channel::IoDevice;
 use crate::ffi::{self, libc_errno, Responder};
@@ -30,7 +30,7 @@ pub struct CloneBdev {
     pub(crate) iodev: Option<Arc<IoDevice>>,
     pub(crate) name: CString,
     pub params: CreateParams,
-    pub(crate) engine: Option<Engine<Host>>,
+    pub(crate) engine: Option<Engine<SpdkBackend>>,
     pub(crate) thread: *mut sys::spdk_thread,
     pub(crate) poller: *mut sys::spdk_poller,
     pub(crate) uuid: sys::spdk_uuid,
@@ -74,7 +74,7 @@ pub(crate) unsafe extern "C" fn io_device_gone(arg: *mut c_void) {
         // SAFETY: the last reference: channels are gone, the bdev is being destructed.
         let mut c = unsafe { Box::from_raw(me) };
         if let Some(e) = c.engine.as_mut() {
-            close_host(e.backend_mut());
+            close_backend(e.backend_mut());
         }
         // SAFETY: finishing the destruct we returned 1 for.
         unsafe { sys::spdk_bdev_destruct_done(&mut *c.bdev, 0) };
@@ -99,11 +99,11 @@ pub(crate) unsafe extern "C" fn clone_poll(arg: *mut c_void) -> c_int {
 }
 
 impl CloneBdev {
-    pub(crate) fn engine_mut(&mut self) -> &mut Engine<Host> {
+    pub(crate) fn engine_mut(&mut self) -> &mut Engine<SpdkBackend> {
         self.engine.as_mut().expect("engine")
     }
 
-    pub fn engine(&self) -> &Engine<Host> {
+    pub fn engine(&self) -> &Engine<SpdkBackend> {
         self.engine.as_ref().expect("engine")
     }
 
@@ -111,12 +111,12 @@ impl CloneBdev {
     /// nothing is left. Called after every call into the engine.
     pub(crate) fn after_engine(&mut self) {
         loop {
-            let host = &mut self.engine_mut().backend_mut();
-            if let Some((id, r)) = host.deferred.pop_front() {
+            let backend = &mut self.engine_mut().backend_mut();
+            if let Some((id, r)) = backend.deferred.pop_front() {
                 self.engine_mut().complete(id, r);
                 continue;
             }
-            match host.notices.pop_front() {
+            match backend.notices.pop_front() {
                 Some(n) => {
                     if self.handle_notice(n) {
                         return; // the clone is gone
