@@ -11,7 +11,7 @@ unsafe extern "C" fn started(_arg: *mut c_void) {
 }
 
 unsafe extern "C" fn parse_arg(_ch: c_int, _arg: *mut c_char) -> c_int {
-    -22 // no options of our own
+    -libc::EINVAL // no options of our own
 }
 
 unsafe extern "C" fn usage() {}

@@ -4,7 +4,7 @@
 //! clone drains after each call into the engine.
 
 use crate::dma::BufPool;
-use crate::ffi::{self, libc_errno};
+use crate::ffi;
 use crate::io::{complete_bdev_io, user_iov};
 use crate::vbdev::CloneBdev;
 use bdev_clone::{Backend, BufId, Data, Dev, DevOp, IoError, IoResult, Notice, ReqId, UserIoId};
@@ -163,10 +163,10 @@ impl Backend for SpdkBackend {
         if rc != 0 {
             // SAFETY: the submit failed, so the callback will never free ctx.
             drop(unsafe { Box::from_raw(ctx as *mut ReqCtx) });
-            if rc == -libc_errno::ENOMEM {
+            if rc == -libc::ENOMEM {
                 self.retry.push_back((id, dev, op));
             } else {
-                let e = if rc == -libc_errno::ENODEV {
+                let e = if rc == -libc::ENODEV {
                     IoError::NoDevice
                 } else {
                     IoError::Io

@@ -1,7 +1,7 @@
 //! The clone's io_device and its per-thread channels (each holds channels
 //! of the source and destination bdevs for the pass-through path).
 
-use crate::ffi::{self, libc_errno};
+use crate::ffi;
 use crate::vbdev::CloneBdev;
 use bdev_clone::Shared;
 use spdk_sys as sys;
@@ -40,7 +40,7 @@ pub(crate) struct Chan {
 }
 
 pub(crate) unsafe extern "C" fn chan_create(io_device: *mut c_void, ctx: *mut c_void) -> c_int {
-    ffi::guard("chan_create", -libc_errno::ENOMEM, || {
+    ffi::guard("chan_create", -libc::ENOMEM, || {
         let dev = io_device as *const IoDevice;
         // SAFETY: the IoDevice lives until io_device_gone; ctx is SPDK's
         // channel context, sized for a Chan.
@@ -59,7 +59,7 @@ pub(crate) unsafe extern "C" fn chan_create(io_device: *mut c_void, ctx: *mut c_
             chan.dst = sys::spdk_bdev_get_io_channel(chan.dst_desc);
             if chan.dst.is_null() {
                 Arc::decrement_strong_count(dev);
-                return -libc_errno::ENOMEM;
+                return -libc::ENOMEM;
             }
         }
         0

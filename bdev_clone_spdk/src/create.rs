@@ -4,7 +4,7 @@
 use crate::backend::{close_backend, dev_index, SpdkBackend, DEVS};
 use crate::channel::{chan_create, chan_destroy, Chan, IoDevice};
 use crate::dma::BufPool;
-use crate::ffi::{self, libc_errno, Responder};
+use crate::ffi::{self, Responder};
 use crate::module::{bases_exist, bdev_by_name, find_clone, module, CLONES, PENDING};
 use crate::vbdev::{clone_poll, CloneBdev, FN_TABLE};
 use bdev_clone::params::CreateParams;
@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub type RpcError = (i32, String);
 
 fn einval(msg: impl Into<String>) -> RpcError {
-    (libc_errno::EINVAL, msg.into())
+    (libc::EINVAL, msg.into())
 }
 
 fn tag(clone: *mut CloneBdev, dev: Dev) -> *mut c_void {
@@ -86,7 +86,7 @@ pub fn create(p: CreateParams, reply: Responder) {
         let mut pending = PENDING.lock().unwrap();
         if pending.iter().any(|q| q.name == p.name) || find_clone(&p.name).is_some() {
             return reply.err(
-                libc_errno::EEXIST,
+                libc::EEXIST,
                 &format!("a clone named '{}' already exists", p.name),
             );
         }
@@ -112,7 +112,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
     p.validate().map_err(einval)?;
     if bdev_by_name(&p.name).is_some() || find_clone(&p.name).is_some() {
         return Err((
-            libc_errno::EEXIST,
+            libc::EEXIST,
             format!("a bdev named '{}' already exists", p.name),
         ));
     }
@@ -124,7 +124,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
     let mut bdevs = [null_mut(); 3];
     for i in usize::from(released)..3 {
         bdevs[i] = bdev_by_name(names[i]).ok_or((
-            libc_errno::ENODEV,
+            libc::ENODEV,
             format!("{} '{}' does not exist", which[i], names[i]),
         ))?;
     }
@@ -257,12 +257,12 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
                 &mut backend.descs[i],
             )
         };
-        if rc == -1 || rc == -libc_errno::EBUSY {
+        if rc == -libc::EPERM || rc == -libc::EBUSY {
             // EPERM: claimed for exclusive write by another module or clone.
             return fail(
                 &mut backend,
                 (
-                    libc_errno::EBUSY,
+                    libc::EBUSY,
                     format!(
                         "{} '{}' is claimed by another module or clone",
                         which[i], names[i]
@@ -292,7 +292,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
             return fail(
                 &mut backend,
                 (
-                    libc_errno::EBUSY,
+                    libc::EBUSY,
                     format!(
                         "{} '{}' is already claimed by another module",
                         which[i], names[i]
@@ -309,7 +309,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         // SAFETY: the desc is open on this thread.
         backend.chans[i] = unsafe { sys::spdk_bdev_get_io_channel(backend.descs[i]) };
         if backend.chans[i].is_null() {
-            return fail(&mut backend, (libc_errno::ENOMEM, "no I/O channel".into()));
+            return fail(&mut backend, (libc::ENOMEM, "no I/O channel".into()));
         }
     }
     let mut params = OpenParams::new(src, dst, meta, {
@@ -444,13 +444,13 @@ impl CloneBdev {
     pub fn delete(&mut self, reply: Responder) {
         if !self.registered {
             return reply.err(
-                libc_errno::EBUSY,
+                libc::EBUSY,
                 &format!("clone '{}' is still opening", self.params.name),
             );
         }
         if self.unregistering {
             return reply.err(
-                libc_errno::EBUSY,
+                libc::EBUSY,
                 &format!("clone '{}' is already being deleted", self.params.name),
             );
         }

@@ -100,7 +100,7 @@ impl Drop for Responder {
         if !self.0.is_null() {
             send_error(
                 self.0,
-                5,
+                libc::EIO,
                 "bdev_clone: internal error, request not completed",
             );
         }
@@ -176,14 +176,4 @@ pub unsafe fn write_value(w: *mut sys::spdk_json_write_ctx, value: &Value) {
     let text = value.to_string();
     // SAFETY: the caller guarantees `w`; the text is valid JSON.
     unsafe { sys::spdk_json_write_val_raw(w, text.as_ptr() as *const c_void, text.len()) };
-}
-
-pub mod libc_errno {
-    pub const EIO: i32 = 5;
-    pub const ENOMEM: i32 = 12;
-    pub const EBUSY: i32 = 16;
-    pub const EEXIST: i32 = 17;
-    pub const ENODEV: i32 = 19;
-    pub const EINVAL: i32 = 22;
-    pub const ENOSPC: i32 = 28;
 }

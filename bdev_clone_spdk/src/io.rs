@@ -3,7 +3,7 @@
 //! user I/O on the thread that submitted it.
 
 use crate::channel::{bdev_clone_channel_ctx, Chan};
-use crate::ffi::{self, libc_errno};
+use crate::ffi;
 use crate::vbdev::CloneBdev;
 use bdev_clone::engine::Route;
 use bdev_clone::{UserIo, UserIoId, UserOp};
@@ -224,7 +224,7 @@ fn route(ch: *mut sys::spdk_io_channel, bdev_io: *mut sys::spdk_bdev_io) {
         }
     };
     if rc != 0 {
-        let status = if rc == -libc_errno::ENOMEM {
+        let status = if rc == -libc::ENOMEM {
             sys::SPDK_BDEV_IO_STATUS_NOMEM
         } else {
             sys::SPDK_BDEV_IO_STATUS_FAILED

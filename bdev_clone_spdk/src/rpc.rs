@@ -3,10 +3,10 @@
 //! into a typed struct; a bad one gets -EINVAL with a message naming it.
 
 use crate::create;
-use crate::ffi::libc_errno::*;
 use crate::ffi::{self, Responder};
 use crate::module;
 use bdev_clone::params::{decode, CreateParams, GetParams, NameParams, SetHydrationParams};
+use libc::{EBUSY, EINVAL, ENODEV};
 use serde_json::{json, Value};
 use spdk_sys as sys;
 use std::ffi::c_int;

@@ -11,7 +11,7 @@
 use crate::backend::{close_backend, SpdkBackend};
 use crate::channel::fn_get_io_channel;
 use crate::channel::IoDevice;
-use crate::ffi::{self, libc_errno, Responder};
+use crate::ffi::{self, Responder};
 use crate::io::{fn_io_type_supported, fn_submit};
 use crate::json::fn_dump_info_json;
 use crate::module::CLONES;
@@ -154,9 +154,9 @@ impl CloneBdev {
             }
             Notice::Opened(Err(e)) => {
                 let errno = match e {
-                    bdev_clone::OpenError::MetaTooSmall { .. } => libc_errno::ENOSPC,
-                    bdev_clone::OpenError::Io(..) => libc_errno::EIO,
-                    _ => libc_errno::EINVAL,
+                    bdev_clone::OpenError::MetaTooSmall { .. } => libc::ENOSPC,
+                    bdev_clone::OpenError::Io(..) => libc::EIO,
+                    _ => libc::EINVAL,
                 };
                 let msg = format!("cannot create clone '{name}': {e}");
                 match self.create_req.take() {
@@ -175,7 +175,7 @@ impl CloneBdev {
                 if let Some(req) = self.release_req.take() {
                     match r {
                         Ok(()) => req.ok(json!(true)),
-                        Err(m) => req.err(libc_errno::EIO, &m),
+                        Err(m) => req.err(libc::EIO, &m),
                     }
                 }
             }
@@ -206,7 +206,7 @@ impl CloneBdev {
 
     pub fn release_source(&mut self, reply: Responder) {
         if self.release_req.is_some() {
-            return reply.err(libc_errno::EBUSY, "release already in progress");
+            return reply.err(libc::EBUSY, "release already in progress");
         }
         match self.engine_mut().release_source() {
             Ok(()) => {
@@ -215,9 +215,9 @@ impl CloneBdev {
             }
             Err(m) => {
                 let errno = if m.contains("not fully hydrated") {
-                    libc_errno::EBUSY
+                    libc::EBUSY
                 } else {
-                    libc_errno::EINVAL
+                    libc::EINVAL
                 };
                 reply.err(
                     errno,
