@@ -1,9 +1,10 @@
 //! The engine's backend inside SPDK: the engine's device requests go to the
-//! base bdevs on the clone thread's channels; immediate failures, notices
+//! base bdevs on the clone thread's channels. Immediate failures, notices
 //! and requests to retry (SPDK out of bdev_ios) wait in queues that the
-//! clone drains after each call into the engine.
+//! clone drains after each call into the engine (`pop_deferred`,
+//! `pop_notice`, `resubmit_retries`). Memory comes from [`DmaMemory`].
 
-use crate::dma::BufPool;
+use crate::dma::DmaMemory;
 use crate::ffi;
 use crate::io::{complete_bdev_io, user_iov};
 use crate::vbdev::CloneBdev;
@@ -23,20 +24,107 @@ pub(crate) fn dev_index(dev: Dev) -> usize {
     }
 }
 
-/// The engine's backend inside SPDK.
-pub struct SpdkBackend {
-    pub(crate) clone: *mut CloneBdev,
-    pub(crate) descs: [*mut sys::spdk_bdev_desc; 3],
-    pub(crate) claimed: [bool; 3],
+/// One base bdev as create opened it: its descriptor, its claim and the
+/// clone thread's channel.
+pub(crate) struct Base {
+    pub(crate) desc: *mut sys::spdk_bdev_desc,
+    /// Null until create got it.
+    pub(crate) chan: *mut sys::spdk_io_channel,
+    /// An exclusive-write claim is SPDK's v1 claim and must be released
+    /// explicitly; the shared claim on the source goes with its desc.
+    pub(crate) release_claim: bool,
     /// A flush does something on this device (it has a volatile write cache
     /// and takes flushes); otherwise a flush completes at once.
-    pub(crate) flush_needed: [bool; 3],
-    pub(crate) chans: [*mut sys::spdk_io_channel; 3],
-    pub(crate) pool: BufPool,
-    pub(crate) deferred: VecDeque<(ReqId, IoResult)>,
-    pub(crate) retry: VecDeque<(ReqId, Dev, DevOp)>,
-    pub(crate) notices: VecDeque<Notice>,
-    pub(crate) ticks_hz: u64,
+    pub(crate) flush_needed: bool,
+}
+
+impl Base {
+    /// Puts the channel, releases the claim and closes the descriptor (on
+    /// the clone thread).
+    pub(crate) fn close(self) {
+        // SAFETY: a channel got and a desc opened on this thread, each
+        // closed once (`self` is consumed).
+        unsafe {
+            if !self.chan.is_null() {
+                sys::spdk_put_io_channel(self.chan);
+            }
+            if self.release_claim {
+                sys::spdk_bdev_module_release_bdev(sys::spdk_bdev_desc_get_bdev(self.desc));
+            }
+            sys::spdk_bdev_close(self.desc);
+        }
+    }
+}
+
+/// The engine's backend inside SPDK.
+pub struct SpdkBackend {
+    clone: *mut CloneBdev,
+    /// By dev_index; None before create attached it or after it closed.
+    bases: [Option<Base>; 3],
+    dma: DmaMemory,
+    deferred: VecDeque<(ReqId, IoResult)>,
+    retry: VecDeque<(ReqId, Dev, DevOp)>,
+    notices: VecDeque<Notice>,
+    ticks_hz: u64,
+}
+
+impl SpdkBackend {
+    pub(crate) fn new(clone: *mut CloneBdev) -> SpdkBackend {
+        SpdkBackend {
+            clone,
+            bases: [None, None, None],
+            dma: DmaMemory::default(),
+            deferred: VecDeque::new(),
+            retry: VecDeque::new(),
+            notices: VecDeque::new(),
+            // SAFETY: a constant of the environment.
+            ticks_hz: unsafe { sys::spdk_get_ticks_hz() }.max(1),
+        }
+    }
+
+    /// Takes a base bdev that create opened; it closes with the backend.
+    pub(crate) fn attach(&mut self, dev: Dev, base: Base) {
+        debug_assert!(self.bases[dev_index(dev)].is_none());
+        self.bases[dev_index(dev)] = Some(base);
+    }
+
+    /// The descriptor of `dev`; null when it is not open.
+    pub(crate) fn desc(&self, dev: Dev) -> *mut sys::spdk_bdev_desc {
+        self.bases[dev_index(dev)]
+            .as_ref()
+            .map_or(null_mut(), |b| b.desc)
+    }
+
+    /// A request that finished without reaching a device, if any.
+    pub(crate) fn pop_deferred(&mut self) -> Option<(ReqId, IoResult)> {
+        self.deferred.pop_front()
+    }
+
+    pub(crate) fn pop_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    /// Submits again the requests SPDK had no bdev_io for.
+    pub(crate) fn resubmit_retries(&mut self) {
+        let retries: Vec<_> = self.retry.drain(..).collect();
+        for (id, dev, op) in retries {
+            self.submit(id, dev, op);
+        }
+    }
+
+    /// Closes one base bdev (the source, once released).
+    pub(crate) fn close_base(&mut self, dev: Dev) {
+        if let Some(b) = self.bases[dev_index(dev)].take() {
+            b.close();
+        }
+    }
+
+    /// Closes every base bdev (on the clone thread).
+    pub(crate) fn close(&mut self) {
+        for dev in DEVS {
+            self.close_base(dev);
+        }
+    }
 }
 
 struct ReqCtx {
@@ -50,8 +138,9 @@ unsafe extern "C" fn engine_req_done(
     ctx: *mut c_void,
 ) {
     ffi::guard("engine_req_done", (), || {
-        // SAFETY: ctx is the ReqCtx boxed at submit; the child is ours to free.
+        // SAFETY: ctx is the ReqCtx boxed at submit, freed here once.
         let ctx = unsafe { Box::from_raw(ctx as *mut ReqCtx) };
+        // SAFETY: the child bdev_io is ours to free, once.
         unsafe { sys::spdk_bdev_free_io(child) };
         // SAFETY: the clone outlives its requests (teardown waits for idle).
         let clone = unsafe { &mut *ctx.clone };
@@ -63,13 +152,14 @@ unsafe extern "C" fn engine_req_done(
 
 impl Backend for SpdkBackend {
     fn submit(&mut self, id: ReqId, dev: Dev, op: DevOp) {
-        let desc = self.descs[dev_index(dev)];
-        let ch = self.chans[dev_index(dev)];
-        if desc.is_null() || ch.is_null() {
-            self.deferred.push_back((id, Err(IoError::NoDevice)));
-            return;
-        }
-        if op == DevOp::Flush && !self.flush_needed[dev_index(dev)] {
+        let (desc, ch, flush_needed) = match &self.bases[dev_index(dev)] {
+            Some(b) if !b.chan.is_null() => (b.desc, b.chan, b.flush_needed),
+            _ => {
+                self.deferred.push_back((id, Err(IoError::NoDevice)));
+                return;
+            }
+        };
+        if op == DevOp::Flush && !flush_needed {
             // No volatile cache (writes are durable when they complete), or
             // none that takes flushes (refused at create unless the user
             // accepted it): nothing to send.
@@ -81,11 +171,11 @@ impl Backend for SpdkBackend {
             id,
         })) as *mut c_void;
         let cb: sys::spdk_bdev_io_completion_cb = Some(engine_req_done);
-        let buf_ptr = |pool: &mut BufPool, buf: BufId, offset: usize| {
-            pool.slice(buf)[offset..].as_mut_ptr() as *mut c_void
+        let buf_ptr = |dma: &mut DmaMemory, buf: BufId, offset: usize| {
+            dma.buf_mut(buf)[offset..].as_mut_ptr() as *mut c_void
         };
         // SAFETY: desc/ch are open on this (the clone's) thread; buffers are
-        // live pool buffers or the user I/O's own iovecs; ctx is freed in the
+        // live DMA buffers or the user I/O's own iovecs; ctx is freed in the
         // callback, or below when the submit fails.
         let rc = unsafe {
             match op {
@@ -108,7 +198,7 @@ impl Backend for SpdkBackend {
                         )
                     }
                     Data::Buf { buf, offset } => {
-                        let p = buf_ptr(&mut self.pool, buf, offset);
+                        let p = buf_ptr(&mut self.dma, buf, offset);
                         sys::spdk_bdev_read_blocks(desc, ch, p, offset_blocks, num_blocks, cb, ctx)
                     }
                 },
@@ -132,7 +222,7 @@ impl Backend for SpdkBackend {
                         )
                     }
                     Data::Buf { buf, offset } => {
-                        let p = buf_ptr(&mut self.pool, buf, offset);
+                        let p = buf_ptr(&mut self.dma, buf, offset);
                         sys::spdk_bdev_write_blocks(desc, ch, p, offset_blocks, num_blocks, cb, ctx)
                     }
                 },
@@ -181,21 +271,21 @@ impl Backend for SpdkBackend {
     }
 
     fn alloc_buf(&mut self, len: usize) -> Option<BufId> {
-        self.pool.alloc(len)
+        self.dma.alloc(len)
     }
 
     fn buf_mut(&mut self, buf: BufId) -> &mut [u8] {
-        self.pool.slice(buf)
+        self.dma.buf_mut(buf)
     }
 
     fn free_buf(&mut self, buf: BufId) {
-        self.pool.free(buf)
+        self.dma.free(buf)
     }
 
     fn copy_user_data(&mut self, io: UserIoId, len: usize, buf: BufId, offset: usize) {
-        let dst = &mut self.pool.slice(buf)[offset..offset + len];
+        let dst = &mut self.dma.buf_mut(buf)[offset..offset + len];
         let (iov, cnt) = user_iov(io);
-        // SAFETY: dst is a live pool buffer of len bytes; iov/cnt are the
+        // SAFETY: dst is a live DMA buffer of len bytes; iov/cnt are the
         // iovecs of a live write bdev_io, which hold at least len bytes.
         unsafe { sys::spdk_copy_iovs_to_buf(dst.as_mut_ptr() as *mut c_void, len, iov, cnt) };
     }
@@ -208,31 +298,5 @@ impl Backend for SpdkBackend {
 
     fn notify(&mut self, notice: Notice) {
         self.notices.push_back(notice);
-    }
-}
-
-/// Puts the engine's channels and closes the descriptors (on the clone thread).
-pub(crate) fn close_backend(backend: &mut SpdkBackend) {
-    for (i, dev) in DEVS.iter().enumerate() {
-        if !backend.chans[i].is_null() {
-            // SAFETY: a channel we got on this thread.
-            unsafe { sys::spdk_put_io_channel(backend.chans[i]) };
-            backend.chans[i] = null_mut();
-        }
-        if !backend.descs[i].is_null() {
-            // SAFETY: a desc we opened. An exclusive-write claim is SPDK's
-            // v1 claim and must be released explicitly; the shared claim on
-            // the source goes with its desc.
-            unsafe {
-                if backend.claimed[i] && *dev != Dev::Source {
-                    sys::spdk_bdev_module_release_bdev(sys::spdk_bdev_desc_get_bdev(
-                        backend.descs[i],
-                    ));
-                }
-                sys::spdk_bdev_close(backend.descs[i]);
-            }
-            backend.claimed[i] = false;
-            backend.descs[i] = null_mut();
-        }
     }
 }

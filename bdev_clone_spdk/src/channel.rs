@@ -3,7 +3,7 @@
 
 use crate::ffi;
 use crate::vbdev::CloneBdev;
-use bdev_clone::Shared;
+use bdev_clone::{Dev, Shared};
 use spdk_sys as sys;
 use std::ffi::{c_int, c_void};
 use std::ptr::null_mut;
@@ -105,18 +105,7 @@ unsafe extern "C" fn source_channels_put(i: *mut sys::spdk_io_channel_iter, _sta
         let c = unsafe {
             &mut *(*(sys::spdk_io_channel_iter_get_io_device(i) as *const IoDevice)).clone
         };
-        let backend = &mut c.engine_mut().backend_mut();
-        // SAFETY: the engine's own source channel and desc, on this thread.
-        unsafe {
-            if !backend.chans[0].is_null() {
-                sys::spdk_put_io_channel(backend.chans[0]);
-                backend.chans[0] = null_mut();
-            }
-            if !backend.descs[0].is_null() {
-                sys::spdk_bdev_close(backend.descs[0]);
-                backend.descs[0] = null_mut();
-            }
-        }
+        c.engine_mut().backend_mut().close_base(Dev::Source);
     })
 }
 

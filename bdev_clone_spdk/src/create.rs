@@ -1,9 +1,8 @@
 //! Creating and deleting a clone: validate, open and claim the base bdevs,
 //! start the engine; once it has opened the metadata, register the bdev.
 
-use crate::backend::{close_backend, dev_index, SpdkBackend, DEVS};
+use crate::backend::{dev_index, Base, SpdkBackend, DEVS};
 use crate::channel::{chan_create, chan_destroy, Chan, IoDevice};
-use crate::dma::BufPool;
 use crate::ffi::{self, Responder};
 use crate::module::{bases_exist, bdev_by_name, find_clone, module, CLONES, PENDING};
 use crate::vbdev::{clone_poll, CloneBdev, FN_TABLE};
@@ -11,7 +10,6 @@ use bdev_clone::params::CreateParams;
 use bdev_clone::{Dev, DeviceInfo, Engine, OpenParams};
 use serde_json::json;
 use spdk_sys as sys;
-use std::collections::VecDeque;
 use std::ffi::{c_int, c_void, CStr, CString};
 use std::ptr::null_mut;
 use std::sync::atomic::AtomicPtr;
@@ -222,94 +220,24 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         dest_write_cache: cache,
         dest_flush_sent: flushed,
     }));
-    let mut backend = SpdkBackend {
-        clone,
-        descs: [null_mut(); 3],
-        claimed: [false; 3],
-        flush_needed: [false; 3],
-        chans: [null_mut(); 3],
-        pool: BufPool::default(),
-        deferred: VecDeque::new(),
-        retry: VecDeque::new(),
-        notices: VecDeque::new(),
-        // SAFETY: constant of the environment.
-        ticks_hz: unsafe { sys::spdk_get_ticks_hz() }.max(1),
-    };
-    let fail = |backend: &mut SpdkBackend, e: RpcError| {
-        close_backend(backend);
-        // SAFETY: not registered anywhere yet.
-        drop(unsafe { Box::from_raw(clone) });
-        Err(e)
-    };
+    let mut backend = SpdkBackend::new(clone);
     for (i, dev) in DEVS.iter().enumerate() {
         if released && *dev == Dev::Source {
             continue;
         }
-        let n = CString::new(names[i].as_str()).unwrap();
-        let write = *dev != Dev::Source;
-        // SAFETY: opening by name with our event callback and a tagged ctx.
-        let rc = unsafe {
-            sys::spdk_bdev_open_ext(
-                n.as_ptr(),
-                write,
-                Some(base_event),
-                tag(clone, *dev),
-                &mut backend.descs[i],
-            )
-        };
-        if rc == -libc::EPERM || rc == -libc::EBUSY {
-            // EPERM: claimed for exclusive write by another module or clone.
-            return fail(
-                &mut backend,
-                (
-                    libc::EBUSY,
-                    format!(
-                        "{} '{}' is claimed by another module or clone",
-                        which[i], names[i]
-                    ),
-                ),
-            );
-        }
-        if rc != 0 {
-            return fail(
-                &mut backend,
-                (
-                    -rc,
-                    format!("cannot open {} '{}': error {rc}", which[i], names[i]),
-                ),
-            );
-        }
-        let claim = if write {
-            sys::SPDK_BDEV_CLAIM_EXCL_WRITE
-        } else {
-            sys::SPDK_BDEV_CLAIM_READ_MANY_WRITE_NONE
-        };
-        // SAFETY: the desc is open; default claim options.
-        let rc = unsafe {
-            sys::spdk_bdev_module_claim_bdev_desc(backend.descs[i], claim, null_mut(), module())
-        };
-        if rc != 0 {
-            return fail(
-                &mut backend,
-                (
-                    libc::EBUSY,
-                    format!(
-                        "{} '{}' is already claimed by another module",
-                        which[i], names[i]
-                    ),
-                ),
-            );
-        }
-        backend.claimed[i] = true;
-        // SAFETY: properties of the bdev we just opened.
-        backend.flush_needed[i] = unsafe {
+        // SAFETY: properties of a registered bdev.
+        let flush_needed = unsafe {
             sys::spdk_bdev_has_write_cache(bdevs[i])
                 && sys::spdk_bdev_io_type_supported(bdevs[i], sys::SPDK_BDEV_IO_TYPE_FLUSH)
         };
-        // SAFETY: the desc is open on this thread.
-        backend.chans[i] = unsafe { sys::spdk_bdev_get_io_channel(backend.descs[i]) };
-        if backend.chans[i].is_null() {
-            return fail(&mut backend, (libc::ENOMEM, "no I/O channel".into()));
+        match open_base(clone, *dev, which[i], names[i], flush_needed) {
+            Ok(base) => backend.attach(*dev, base),
+            Err(e) => {
+                backend.close();
+                // SAFETY: not registered anywhere yet.
+                drop(unsafe { Box::from_raw(clone) });
+                return Err(e);
+            }
         }
     }
     let mut params = OpenParams::new(src, dst, meta, {
@@ -339,6 +267,70 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
     Ok(clone)
 }
 
+/// Opens `name` (the `param` of the create call) with our hot-remove
+/// callback, claims it (the source shared, read-only; the others exclusive
+/// write) and gets a channel on this (the clone's) thread. On failure nothing
+/// stays open.
+fn open_base(
+    clone: *mut CloneBdev,
+    dev: Dev,
+    param: &str,
+    name: &str,
+    flush_needed: bool,
+) -> Result<Base, RpcError> {
+    let n = CString::new(name).map_err(|_| einval(format!("{param} contains NUL")))?;
+    let write = dev != Dev::Source;
+    let mut desc = null_mut();
+    // SAFETY: opening by name with our event callback and a tagged ctx.
+    let rc = unsafe {
+        sys::spdk_bdev_open_ext(
+            n.as_ptr(),
+            write,
+            Some(base_event),
+            tag(clone, dev),
+            &mut desc,
+        )
+    };
+    if rc == -libc::EPERM || rc == -libc::EBUSY {
+        // EPERM: claimed for exclusive write by another module or clone.
+        return Err((
+            libc::EBUSY,
+            format!("{param} '{name}' is claimed by another module or clone"),
+        ));
+    }
+    if rc != 0 {
+        return Err((-rc, format!("cannot open {param} '{name}': error {rc}")));
+    }
+    let mut base = Base {
+        desc,
+        chan: null_mut(),
+        release_claim: false,
+        flush_needed,
+    };
+    let claim = if write {
+        sys::SPDK_BDEV_CLAIM_EXCL_WRITE
+    } else {
+        sys::SPDK_BDEV_CLAIM_READ_MANY_WRITE_NONE
+    };
+    // SAFETY: the desc is open; default claim options.
+    let rc = unsafe { sys::spdk_bdev_module_claim_bdev_desc(desc, claim, null_mut(), module()) };
+    if rc != 0 {
+        base.close();
+        return Err((
+            libc::EBUSY,
+            format!("{param} '{name}' is already claimed by another module"),
+        ));
+    }
+    base.release_claim = write;
+    // SAFETY: the desc is open on this thread.
+    base.chan = unsafe { sys::spdk_bdev_get_io_channel(desc) };
+    if base.chan.is_null() {
+        base.close();
+        return Err((libc::ENOMEM, "no I/O channel".into()));
+    }
+    Ok(base)
+}
+
 unsafe extern "C" fn delete_done(arg: *mut c_void, rc: c_int) {
     ffi::guard("delete_done", (), || {
         // SAFETY: boxed by delete().
@@ -355,9 +347,10 @@ impl CloneBdev {
     pub(crate) fn register(&mut self, g: bdev_clone::Geometry) -> Result<(), RpcError> {
         let me = self as *mut CloneBdev;
         let backend = self.engine().backend();
+        let descs = DEVS.map(|d| backend.desc(d));
         let iodev = Arc::new(IoDevice {
             shared: self.engine().shared().clone(),
-            descs: backend.descs.map(AtomicPtr::new),
+            descs: descs.map(AtomicPtr::new),
             thread: self.thread,
             clone: me,
         });
@@ -370,7 +363,7 @@ impl CloneBdev {
                     (*sys::spdk_bdev_desc_get_bdev(d)).required_alignment
                 }
             };
-            (a(backend.descs[0]), a(backend.descs[1]))
+            (a(descs[0]), a(descs[1]))
         };
         let io_device = Arc::as_ptr(&iodev) as *mut c_void;
         self.iodev = Some(iodev);
@@ -425,7 +418,7 @@ impl CloneBdev {
             return true;
         }
         if let Some(e) = self.engine.as_mut() {
-            close_backend(e.backend_mut());
+            e.backend_mut().close();
         }
         // SAFETY: no one else holds the pointer: not registered, removed from
         // the registry, nothing in flight.

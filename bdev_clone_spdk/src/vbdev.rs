@@ -8,7 +8,7 @@
 //! (a lock-free bitmap test, the caller's iovecs, no copy); everything else is
 //! sent to the clone thread, and its completion sent back.
 
-use crate::backend::{close_backend, SpdkBackend};
+use crate::backend::SpdkBackend;
 use crate::channel::fn_get_io_channel;
 use crate::channel::IoDevice;
 use crate::ffi::{self, Responder};
@@ -16,7 +16,7 @@ use crate::io::{fn_io_type_supported, fn_submit};
 use crate::json::fn_dump_info_json;
 use crate::module::CLONES;
 use bdev_clone::params::CreateParams;
-use bdev_clone::{Backend, Engine, Notice, Settings};
+use bdev_clone::{Engine, Notice, Settings};
 use serde_json::json;
 use spdk_sys as sys;
 use std::ffi::{c_int, c_void, CString};
@@ -74,7 +74,7 @@ pub(crate) unsafe extern "C" fn io_device_gone(arg: *mut c_void) {
         // SAFETY: the last reference: channels are gone, the bdev is being destructed.
         let mut c = unsafe { Box::from_raw(me) };
         if let Some(e) = c.engine.as_mut() {
-            close_backend(e.backend_mut());
+            e.backend_mut().close();
         }
         // SAFETY: finishing the destruct we returned 1 for.
         unsafe { sys::spdk_bdev_destruct_done(&mut *c.bdev, 0) };
@@ -88,10 +88,7 @@ pub(crate) unsafe extern "C" fn clone_poll(arg: *mut c_void) -> c_int {
         // SAFETY: the poller's arg is the live clone; unregistered before free.
         let c = unsafe { &mut *(arg as *mut CloneBdev) };
         let e = c.engine_mut();
-        let retries: Vec<_> = e.backend_mut().retry.drain(..).collect();
-        for (id, dev, op) in retries {
-            e.backend_mut().submit(id, dev, op);
-        }
+        e.backend_mut().resubmit_retries();
         e.poll();
         c.after_engine();
         sys::SPDK_POLLER_BUSY as c_int
@@ -111,12 +108,11 @@ impl CloneBdev {
     /// nothing is left. Called after every call into the engine.
     pub(crate) fn after_engine(&mut self) {
         loop {
-            let backend = &mut self.engine_mut().backend_mut();
-            if let Some((id, r)) = backend.deferred.pop_front() {
+            if let Some((id, r)) = self.engine_mut().backend_mut().pop_deferred() {
                 self.engine_mut().complete(id, r);
                 continue;
             }
-            match backend.notices.pop_front() {
+            match self.engine_mut().backend_mut().pop_notice() {
                 Some(n) => {
                     if self.handle_notice(n) {
                         return; // the clone is gone
