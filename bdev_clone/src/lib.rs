@@ -3,6 +3,7 @@
 //! block devices through [`io::Backend`], so the same code runs inside SPDK,
 //! in the deterministic simulator and over plain files.
 
+pub mod buffers;
 pub mod engine;
 pub mod geometry;
 pub mod io;

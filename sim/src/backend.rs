@@ -38,6 +38,8 @@ pub struct SimBackend {
     /// order: equal digests mean a seed replayed the same way (refactors
     /// that must not change behaviour compare them).
     pub digest: u64,
+    /// Set when the engine asked for memory beyond `buf_limit`.
+    pub over_limit: Option<String>,
 }
 
 fn idx(dev: Dev) -> usize {
@@ -61,6 +63,7 @@ impl SimBackend {
             notices: Vec::new(),
             trace: None,
             digest: 0,
+            over_limit: None,
         }
     }
 
@@ -230,6 +233,12 @@ impl Backend for SimBackend {
 
     fn alloc_buf(&mut self, len: usize) -> Option<BufId> {
         if self.bufs.bytes + len > self.buf_limit {
+            // The engine's buffer policy keeps within its cap, which the
+            // world sets to this limit: asking for more is a bug.
+            self.over_limit.get_or_insert(format!(
+                "the engine asked for {len} bytes with {} of its {}-byte cap held",
+                self.bufs.bytes, self.buf_limit
+            ));
             return None;
         }
         Some(BufId(self.bufs.insert(vec![0xEE; len])))

@@ -4,6 +4,8 @@
 use crate::backend::SimBackend;
 use crate::device::{Faults, SimDevice};
 use crate::oracle::{FlushMark, Oracle, ReadMark, Value, Violation};
+use bdev_clone::buffers::class_of;
+use bdev_clone::metadata::commit::reserve_for;
 use bdev_clone::metadata::Layout;
 use bdev_clone::{
     CloneState, Data, Dev, DevOp, DeviceInfo, Engine, Geometry, IoError, Notice, OpenParams,
@@ -126,6 +128,12 @@ pub fn run(cfg: &SimConfig) -> Result<Outcome, Failure> {
         seed: cfg.seed,
         message,
     })?;
+    if let Some(message) = w.engine().backend_mut().over_limit.take() {
+        return Err(Failure {
+            seed: cfg.seed,
+            message,
+        });
+    }
     w.out.digest = w.engine().backend_mut().digest;
     Ok(w.out)
 }
@@ -167,12 +175,18 @@ impl World {
             d.faults = f.clone();
             d.faults.lying_flush = lying;
         }
-        // Enough pool for opening, small enough that copies and commits
-        // sometimes find it empty.
-        let open_need =
-            2 * layout.sb_area as usize + 2 * layout.page_count as usize * page_size as usize;
+        // The engine's buffer cap: from the least it accepts (the commit
+        // reserve and one region's copy: tight-memory mode, one seed in
+        // four) to a little more, so that copies often find the pool empty
+        // and commits must live on their reserve. The host holds the engine
+        // to it.
         let region_bytes = region_blocks as usize * bs;
-        let buf_limit = open_need.max(rng.usize(2 * region_bytes..40_000.max(4 * region_bytes)));
+        let least = reserve_for(&layout) + class_of(region_bytes);
+        let buf_limit = if rng.u32(0..4) == 0 {
+            least
+        } else {
+            least + rng.usize(0..40_000.max(4 * region_bytes))
+        };
         let backend = SimBackend::new(devs, buf_limit);
         let settings = Settings {
             hydration_enabled: rng.u32(0..5) != 0,
@@ -201,6 +215,7 @@ impl World {
         params.region_size = Some(region_blocks as u32 * bs as u32);
         params.page_size = page_size;
         params.settings = settings;
+        params.buffer_cap = buf_limit;
         let max_qd = rng.usize(1..9);
         let ops_left = cfg.ops;
         let mut w = World {

@@ -617,3 +617,78 @@ fn hydration_time_counts_only_while_hydrating() {
     h.poll_until(100, |_| false);
     assert_eq!(ms(&mut h), total);
 }
+
+/// Copies fill their share of a tight buffer cap, and a user flush still
+/// commits at once: its page and superblock buffers come from the reserve.
+#[test]
+fn commits_never_starve_behind_copies() {
+    use bdev_clone::buffers::class_of;
+    use bdev_clone::metadata::commit::reserve_for;
+    use bdev_clone::metadata::Layout;
+    use bdev_clone::{UserIo, UserIoId};
+    let blocks = 1024;
+    let devs = devices(blocks, blocks, meta_bytes_for(blocks / 8 + 1) + 4096);
+    let mut p = params_for(&devs, RS);
+    let layout = Layout::new(512, p.page_size, blocks / 8);
+    // Room for the commit reserve and exactly one region's copy.
+    p.buffer_cap = reserve_for(&layout) + class_of(RS as usize);
+    let (mut h, r) = Harness::open(devs, p);
+    r.expect("open");
+    // One hydrated region: its bitmap page is dirty.
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 1, 1, &w(1, 1, 1)).0,
+        Ok(())
+    );
+    h.trace();
+    // Partial writes into eight more regions, left in flight: one copy gets
+    // the copies' whole share, the other seven wait for it.
+    for k in 1..=8u64 {
+        let id = UserIoId(100 + k);
+        let mut data = vec![0u8; 512];
+        Value::Write {
+            id: 100 + k,
+            block: k * 8,
+        }
+        .fill(&mut data);
+        h.backend().user_data.insert(id.0, data);
+        h.engine.submit(UserIo {
+            id,
+            kind: UserOp::Write { fua: false },
+            offset_blocks: k * 8,
+            num_blocks: 1,
+        });
+    }
+    let reads = |t: &[TraceEvent]| count(t, |e| matches!(e, TraceEvent::Submit(Dev::Source, _)));
+    let t = h.trace();
+    assert_eq!(reads(&t), 1, "one copy fits the copies' share of the cap");
+    h.engine.submit(UserIo {
+        id: UserIoId(99),
+        kind: UserOp::Flush,
+        offset_blocks: 0,
+        num_blocks: 0,
+    });
+    let t = h.trace();
+    assert_eq!(
+        count(&t, |e| *e == TraceEvent::Submit(Dev::Dest, DevOp::Flush)),
+        1,
+        "the commit started while the copies hold their share"
+    );
+    h.run();
+    for _ in 0..10 {
+        h.backend().now += 1_000_000;
+        h.engine.poll();
+        h.run();
+    }
+    let done = std::mem::take(&mut h.backend().completed);
+    assert_eq!(done.len(), 9, "the flush and the eight writes completed");
+    assert!(done.iter().all(|(_, r)| r.is_ok()), "{done:?}");
+    for k in 1..=8u64 {
+        assert_eq!(
+            h.read_values(k * 8, 1),
+            vec![Some(Value::Write {
+                id: 100 + k,
+                block: k * 8
+            })]
+        );
+    }
+}

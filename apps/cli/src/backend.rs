@@ -9,48 +9,19 @@ use bdev_clone::{Backend, BufId, Data, Dev, DevOp, IoError, IoResult, Notice, Re
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-/// Buffers lent to the engine, reused once freed; `limit` bytes at most in use.
+/// Aligned memory for the engine (O_DIRECT needs it). Only a supplier: the
+/// engine's buffer policy (`bdev_clone::buffers`) decides what may be lent,
+/// keeps freed buffers for reuse and caps the total.
+#[derive(Default)]
 pub struct BufPool {
     live: HashMap<u64, Aligned>,
-    free: Vec<Aligned>,
     next: u64,
-    in_use: usize,
-    limit: usize,
 }
 
 impl BufPool {
-    pub fn new(limit: usize) -> BufPool {
-        BufPool {
-            live: HashMap::new(),
-            free: Vec::new(),
-            next: 0,
-            in_use: 0,
-            limit,
-        }
-    }
-
     fn alloc(&mut self, len: usize) -> Option<BufId> {
-        if self.in_use + len > self.limit {
-            return None;
-        }
-        // Smallest free buffer that fits and is not wastefully large.
-        let pick = self
-            .free
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= len && b.capacity() <= 2 * len.max(ALIGN))
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i);
-        let mut buf = match pick {
-            Some(i) => self.free.swap_remove(i),
-            None => Aligned::new(len),
-        };
-        // The engine sizes what it parses by the slice it gets back: exactly
-        // `len` bytes, never the reused buffer's whole capacity.
-        buf.set_len(len);
-        self.in_use += len;
         self.next += 1;
-        self.live.insert(self.next, buf);
+        self.live.insert(self.next, Aligned::new(len));
         Some(BufId(self.next))
     }
 
@@ -59,11 +30,7 @@ impl BufPool {
     }
 
     fn free(&mut self, id: BufId) {
-        let mut b = self.live.remove(&id.0).expect("freeing a live buffer");
-        self.in_use -= b.as_mut().len();
-        if self.free.len() < 64 {
-            self.free.push(b);
-        }
+        self.live.remove(&id.0).expect("freeing a live buffer");
     }
 }
 
@@ -157,10 +124,10 @@ pub struct FileBackend {
 }
 
 impl FileBackend {
-    pub fn new(source: FileDev, dest: FileDev, meta: FileDev, pool_bytes: usize) -> FileBackend {
+    pub fn new(source: FileDev, dest: FileDev, meta: FileDev) -> FileBackend {
         FileBackend {
             devs: [source, dest, meta],
-            pool: BufPool::new(pool_bytes),
+            pool: BufPool::default(),
             done: VecDeque::new(),
             notices: Vec::new(),
             first_error: None,
@@ -311,25 +278,5 @@ impl Backend for FileBackend {
 
     fn notify(&mut self, notice: Notice) {
         self.notices.push(notice);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pool_limits_and_reuses() {
-        let mut p = BufPool::new(10_000);
-        let a = p.alloc(4096).unwrap();
-        let b = p.alloc(4096).unwrap();
-        assert!(p.alloc(4096).is_none());
-        assert_eq!(p.get(a).len(), 4096);
-        p.free(a);
-        let c = p.alloc(1000).unwrap();
-        assert_eq!(p.get(c).len(), 1000);
-        p.free(b);
-        p.free(c);
-        assert_eq!(p.in_use, 0);
     }
 }

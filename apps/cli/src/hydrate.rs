@@ -206,10 +206,10 @@ pub fn hydrate(o: &HydrateOpts) -> Result<Outcome> {
             );
         }
     }
-    // Enough for every copy in flight plus the metadata pages of a commit.
-    let copy_bytes = o.threshold.max(1) as usize * region_size as usize;
-    let pool = (copy_bytes + (4 << 20)).max(64 << 20);
-    let backend = FileBackend::new(source, dest, meta, pool);
+    // Enough for every copy in flight plus the metadata's reserve.
+    let copy_bytes = o.threshold.max(1) as usize * o.batch.max(1) as usize * region_size as usize;
+    params.buffer_cap = (copy_bytes + (4 << 20)).max(bdev_clone::buffers::DEFAULT_CAP);
+    let backend = FileBackend::new(source, dest, meta);
     install_signal_handlers();
     let started = Instant::now();
     let mut engine = Engine::open(backend, params);

@@ -4,6 +4,7 @@
 
 use super::user_io::{Parent, RegionLock, RegionOp};
 use super::{CloneState, Engine, Req};
+use crate::buffers::Purpose;
 use crate::io::*;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -32,9 +33,11 @@ impl<B: Backend> Engine<B> {
         let (offset, _) = g.region_extent(first);
         let (last_start, last_len) = g.region_extent(first + count - 1);
         let blocks = last_start + last_len - offset;
+        let now = self.backend.now_ns();
+        let len = (blocks * g.block_size as u64) as usize;
         let Some(buf) = self
-            .backend
-            .alloc_buf((blocks * g.block_size as u64) as usize)
+            .buffers
+            .alloc(&mut self.backend, len, Purpose::Copy, now)
         else {
             return false;
         };
@@ -96,7 +99,7 @@ impl<B: Backend> Engine<B> {
             return;
         }
         let c = self.copies.remove(k);
-        self.backend.free_buf(c.buf);
+        self.buffers.free(c.buf);
         if c.background {
             self.background_in_flight -= c.count;
         }
@@ -150,7 +153,7 @@ impl<B: Backend> Engine<B> {
 
     pub(super) fn check_hydrated(&mut self) {
         if matches!(self.state, CloneState::Hydrating | CloneState::Paused)
-            && self.shared.map.count_hydrated() == self.shared.geometry.region_count
+            && self.hydrated == self.shared.geometry.region_count
         {
             self.tick_hydration_clock();
             self.state = CloneState::Hydrated;

@@ -25,9 +25,10 @@ mod user_io;
 pub use crate::metadata::open::{OpenError, OpenInfo, OpenParams};
 pub use route::{Route, Shared};
 
+use crate::buffers::{BufferStats, Buffers, Purpose};
 use crate::geometry::Geometry;
 use crate::io::*;
-use crate::metadata::commit::CommitEnd;
+use crate::metadata::commit::{self, CommitEnd};
 use crate::metadata::open::{OpenProgress, Opened, Opener};
 use crate::metadata::{MetaPort, MetaReq, Metadata};
 use hydration::Copy;
@@ -149,10 +150,11 @@ enum Req {
     Meta(MetaReq),
 }
 
-/// The engine's request path, lent to the metadata for one call.
+/// The engine's request path and buffers, lent to the metadata for one call.
 struct Port<'a, B: Backend> {
     backend: &'a mut B,
     reqs: &'a mut Slab<Req>,
+    buffers: &'a mut Buffers,
 }
 
 impl<B: Backend> MetaPort for Port<'_, B> {
@@ -161,13 +163,15 @@ impl<B: Backend> MetaPort for Port<'_, B> {
         self.backend.submit(id, dev, op);
     }
     fn alloc_buf(&mut self, len: usize) -> Option<BufId> {
-        self.backend.alloc_buf(len)
+        let now = self.backend.now_ns();
+        self.buffers
+            .alloc(self.backend, len, Purpose::Metadata, now)
     }
     fn buf_mut(&mut self, buf: BufId) -> &mut [u8] {
         self.backend.buf_mut(buf)
     }
     fn free_buf(&mut self, buf: BufId) {
-        self.backend.free_buf(buf)
+        self.buffers.free(buf)
     }
 }
 
@@ -176,6 +180,10 @@ pub struct Engine<B: Backend> {
     shared: Arc<Shared>,
     settings: Settings,
     meta: Metadata,
+    buffers: Buffers,
+    /// Regions whose bit is set in memory (kept as bits flip: nothing per
+    /// copy or per I/O scans the bitmap).
+    hydrated: u64,
     state: CloneState,
     error: Option<String>,
     opening: Option<Opener>,
@@ -229,6 +237,8 @@ impl<B: Backend> Engine<B> {
             }),
             settings: params.settings.clone(),
             meta: Metadata::empty(params.meta.block_size),
+            buffers: Buffers::new(params.buffer_cap),
+            hydrated: 0,
             state: CloneState::Opening,
             error: None,
             opening: None,
@@ -264,6 +274,7 @@ impl<B: Backend> Engine<B> {
         Port {
             backend: &mut self.backend,
             reqs: &mut self.reqs,
+            buffers: &mut self.buffers,
         }
     }
     /// The host, for what it keeps of its own (its queues, its devices).
@@ -305,7 +316,7 @@ impl<B: Backend> Engine<B> {
     pub fn status(&self) -> Status {
         let g = self.shared.geometry;
         let mut stats = self.stats.clone();
-        stats.regions_hydrated = self.shared.map.count_hydrated();
+        stats.regions_hydrated = self.hydrated;
         stats.regions_hydrating = self.locks.values().filter(|l| l.copying).count() as u64;
         stats.hydration_ns = self.hydration_ns_at(self.backend.now_ns());
         let m = self.meta.stats();
@@ -398,6 +409,7 @@ impl<B: Backend> Engine<B> {
         let mut port = Port {
             backend: &mut self.backend,
             reqs: &mut self.reqs,
+            buffers: &mut self.buffers,
         };
         if self.meta.begin_commit(&mut port, &self.shared.map) {
             self.commit_wanted = false;
@@ -405,12 +417,13 @@ impl<B: Backend> Engine<B> {
         } // else: no buffers now, retried at the next poll
     }
 
-    fn commit_io_done(&mut self, result: IoResult) {
+    fn commit_io_done(&mut self, buf: Option<BufId>, result: IoResult) {
         let mut port = Port {
             backend: &mut self.backend,
             reqs: &mut self.reqs,
+            buffers: &mut self.buffers,
         };
-        match self.meta.commit_io_done(&mut port, result) {
+        match self.meta.commit_io_done(&mut port, buf, result) {
             None => {}
             Some(CommitEnd::Done { source_released }) => self.commit_done(source_released),
             Some(CommitEnd::Failed { dev, error }) => self.commit_failed(dev, error),
@@ -436,6 +449,11 @@ impl<B: Backend> Engine<B> {
             self.commit_wanted = true;
         }
         self.start_commit();
+    }
+
+    /// What the engine's buffer pool holds.
+    pub fn buffer_stats(&self) -> BufferStats {
+        self.buffers.stats()
     }
 
     /// Regions whose hydration is durable in the metadata.
@@ -513,7 +531,14 @@ impl<B: Backend> Engine<B> {
             self.commit_wanted = true;
         }
         self.start_commit();
+        let mut port = Port {
+            backend: &mut self.backend,
+            reqs: &mut self.reqs,
+            buffers: &mut self.buffers,
+        };
+        self.meta.resume_commit(&mut port);
         self.pump_hydration();
+        self.buffers.trim(&mut self.backend, now);
         let (t0, n0) = self.rate_window;
         if now.saturating_sub(t0) >= 1_000_000_000 {
             let bytes = self.stats.bytes_hydrated - n0;
@@ -526,6 +551,7 @@ impl<B: Backend> Engine<B> {
             && (!self.meta.has_changes() || !self.writable())
         {
             self.stopping = false;
+            self.buffers.release_all(&mut self.backend);
             self.backend.notify(Notice::Stopped);
             self.stopping = true; // stays refusing I/O
         }
@@ -551,11 +577,12 @@ impl<B: Backend> Engine<B> {
             }
             Req::CopyRead(k) => self.copy_step(k, false, result),
             Req::CopyWrite(k) => self.copy_step(k, true, result),
-            Req::Meta(MetaReq::Commit) => self.commit_io_done(result),
+            Req::Meta(MetaReq::Commit { buf }) => self.commit_io_done(buf, result),
             Req::Meta(MetaReq::Open { buf, offset, len }) => {
                 let mut port = Port {
                     backend: &mut self.backend,
                     reqs: &mut self.reqs,
+                    buffers: &mut self.buffers,
                 };
                 let opener = self.opening.as_mut().expect("opening");
                 let progress = opener.io_done(&mut port, buf, offset, len, result);
@@ -592,7 +619,11 @@ impl<B: Backend> Engine<B> {
         } = opened;
         self.shared = Arc::new(Shared::with_map(geometry, map));
         self.meta = meta;
+        self.buffers
+            .set_reserve(commit::reserve_for(self.meta.layout()));
+        // Opening reads the bitmap once; from here on the count is kept.
         let hydrated = self.shared.map.count_hydrated();
+        self.hydrated = hydrated;
         let released = self.meta.source_released();
         self.shared.writes_allowed.store(true, Ordering::Release);
         self.tick_hydration_clock();
@@ -624,6 +655,7 @@ impl<B: Backend> Engine<B> {
         self.state = CloneState::Failed;
         self.error = Some(e.to_string());
         self.stopping = true;
+        self.buffers.release_all(&mut self.backend);
         self.backend.notify(Notice::Opened(Err(e)));
     }
 }

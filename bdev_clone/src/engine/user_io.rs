@@ -298,6 +298,7 @@ impl<B: Backend> Engine<B> {
             return false;
         }
         if self.shared.map.set(region) {
+            self.hydrated += 1;
             self.meta.mark_hydrated(region);
             self.stats.bytes_hydrated += self.shared.geometry.region_extent(region).1
                 * self.shared.geometry.block_size as u64;

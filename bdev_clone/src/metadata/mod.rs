@@ -38,8 +38,9 @@ pub(crate) trait MetaPort {
 /// What a metadata request was for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MetaReq {
-    /// A step of the commit in flight.
-    Commit,
+    /// A step of the commit in flight; `buf` is the page buffer of a page
+    /// write (reused for the next page).
+    Commit { buf: Option<BufId> },
     /// A request of the opener; `buf` is None for a flush.
     Open {
         buf: Option<BufId>,
@@ -125,6 +126,10 @@ impl Metadata {
 
     pub fn sb_dirty(&self) -> bool {
         self.sb_dirty
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     pub fn commit_in_flight(&self) -> bool {

@@ -8,9 +8,11 @@
 //! the superblock counted, and flush what was read (it may still sit in the
 //! device's cache after a format whose flush failed).
 
+use super::commit::reserve_for;
 use super::{
     valid_page_size, Layout, MetaPort, MetaReq, Metadata, SbError, Superblock, DEFAULT_PAGE_SIZE,
 };
+use crate::buffers::{class_of, DEFAULT_CAP};
 use crate::engine::Settings;
 use crate::geometry::{DeviceInfo, Geometry, GeometryError, DEFAULT_REGION_SIZE};
 use crate::io::{BufId, Data, Dev, DevOp, IoError, IoResult};
@@ -39,6 +41,8 @@ pub struct OpenParams {
     pub source_name: String,
     pub dest_name: String,
     pub settings: Settings,
+    /// Cap of the clone's buffers (see [`crate::buffers`]).
+    pub buffer_cap: usize,
 }
 
 impl OpenParams {
@@ -57,6 +61,7 @@ impl OpenParams {
             source_name: String::new(),
             dest_name: String::new(),
             settings: Settings::default(),
+            buffer_cap: DEFAULT_CAP,
         }
     }
 }
@@ -85,6 +90,12 @@ pub enum OpenError {
     SourceMissing,
     /// The host's buffer pool could not lend the buffers opening needs.
     NoMemory,
+    /// One region's copy needs a buffer larger than the buffer cap leaves
+    /// to copies.
+    RegionTooLarge {
+        region_size: u32,
+        copy_budget: usize,
+    },
 }
 
 impl fmt::Display for OpenError {
@@ -114,6 +125,17 @@ impl fmt::Display for OpenError {
                 )
             }
             OpenError::NoMemory => write!(f, "out of buffers while opening"),
+            OpenError::RegionTooLarge {
+                region_size,
+                copy_budget,
+            } => write!(
+                f,
+                "region size {} KiB needs copy buffers of {} KiB, more than the {} KiB the \
+                 clone's buffer cap leaves to copies; use a smaller region_size_kb",
+                region_size / 1024,
+                class_of(*region_size as usize) / 1024,
+                copy_budget / 1024
+            ),
         }
     }
 }
@@ -126,8 +148,12 @@ enum Step {
     FlushZero,
     WriteSlot0,
     FlushSlot0,
+    /// Chunks of page pairs are read through a window: at most
+    /// [`LOAD_WINDOW`] in flight, so that any clone size opens within the
+    /// buffer cap.
     ReadPages {
         outstanding: usize,
+        next: u64,
     },
     /// What was read may still sit in the device's volatile cache (a format
     /// whose flush failed, say): make it durable before building on it.
@@ -139,6 +165,11 @@ enum Kind {
     Read,
     Write,
 }
+
+/// Bitmap chunks read at once while loading.
+pub const LOAD_WINDOW: u64 = 4;
+/// Largest bitmap chunk read at once.
+pub const LOAD_CHUNK: u64 = 1 << 20;
 
 /// What opening came to.
 pub(crate) enum OpenProgress {
@@ -260,7 +291,7 @@ impl Opener {
                 port.free_buf(buf);
             }
             self.error.get_or_insert(OpenError::Io(Dev::Meta, e));
-            if let Step::ReadPages { outstanding } = &mut self.step {
+            if let Step::ReadPages { outstanding, .. } = &mut self.step {
                 *outstanding -= 1;
                 if *outstanding > 0 {
                     return OpenProgress::Pending;
@@ -297,17 +328,22 @@ impl Opener {
                 self.done()
             }
             Step::FlushLoaded => self.done(),
-            Step::ReadPages { outstanding } => {
+            Step::ReadPages { outstanding, next } => {
                 self.pages_read(port, data_buf(), offset, len);
                 port.free_buf(data_buf());
-                let outstanding = outstanding - 1;
-                self.step = Step::ReadPages { outstanding };
-                if outstanding > 0 {
-                    return OpenProgress::Pending;
-                }
-                match self.error.clone() {
-                    Some(e) => OpenProgress::Failed(e),
-                    None => self.pages_loaded(port),
+                self.step = Step::ReadPages {
+                    outstanding: outstanding - 1,
+                    next,
+                };
+                self.read_chunks(port);
+                match &self.step {
+                    Step::ReadPages { outstanding, .. } if *outstanding > 0 => {
+                        OpenProgress::Pending
+                    }
+                    _ => match self.error.clone() {
+                        Some(e) => OpenProgress::Failed(e),
+                        None => self.pages_loaded(port),
+                    },
                 }
             }
         }
@@ -390,6 +426,9 @@ impl Opener {
                 have: p.meta.bytes(),
             });
         }
+        if let Err(e) = check_buffers(p, region_size, &layout) {
+            return OpenProgress::Failed(e);
+        }
         let sb = Superblock {
             flags: 0,
             uuid: p.uuid,
@@ -431,19 +470,46 @@ impl Opener {
             self.step = Step::FlushLoaded;
             return self.flush(port);
         }
-        // Read the page area in chunks of whole page pairs, all at once.
-        let chunk = (1u64 << 20).max(2 * layout.page_size as u64);
-        let chunk = chunk / (2 * layout.page_size as u64) * (2 * layout.page_size as u64);
-        let n = total.div_ceil(chunk) as usize;
+        self.step = Step::ReadPages {
+            outstanding: 0,
+            next: 0,
+        };
+        self.read_chunks(port);
+        match (&self.step, &self.error) {
+            (Step::ReadPages { outstanding: 0, .. }, Some(e)) => OpenProgress::Failed(e.clone()),
+            _ => OpenProgress::Pending,
+        }
+    }
+
+    /// Bytes of one bitmap chunk: whole page pairs, small enough that the
+    /// window fits the buffer cap.
+    fn chunk_bytes(&self, layout: &Layout) -> u64 {
+        let pair = 2 * layout.page_size as u64;
+        let fit = (self.params.buffer_cap as u64 / LOAD_WINDOW).min(LOAD_CHUNK);
+        (fit / pair).max(1) * pair
+    }
+
+    /// Keeps the window of bitmap reads full (none after an error, which it
+    /// records: the open fails once nothing is in flight).
+    fn read_chunks(&mut self, port: &mut impl MetaPort) {
+        let layout = *self.meta().layout();
+        let total = 2 * layout.page_count as u64 * layout.page_size as u64;
+        let chunk = self.chunk_bytes(&layout);
         let base = layout.page_offset(0, 0);
-        for i in 0..n as u64 {
-            let len = chunk.min(total - i * chunk);
-            self.step = Step::ReadPages { outstanding: n };
-            if let OpenProgress::Failed(e) = self.io(port, Kind::Read, base + i * chunk, len) {
-                return OpenProgress::Failed(e);
+        while let Step::ReadPages { outstanding, next } = self.step {
+            if self.error.is_some() || outstanding as u64 >= LOAD_WINDOW || next * chunk >= total {
+                break;
+            }
+            self.step = Step::ReadPages {
+                outstanding: outstanding + 1,
+                next: next + 1,
+            };
+            let len = chunk.min(total - next * chunk);
+            if let OpenProgress::Failed(e) = self.io(port, Kind::Read, base + next * chunk, len) {
+                self.step = Step::ReadPages { outstanding, next };
+                self.error = Some(e);
             }
         }
-        OpenProgress::Pending
     }
 
     fn pages_read(&mut self, port: &mut impl MetaPort, buf: BufId, offset: u64, len: u64) {
@@ -584,6 +650,19 @@ fn check_compatible(p: &OpenParams, sb: &Superblock) -> Result<(), OpenError> {
         return Err(OpenError::MetaTooSmall {
             need: layout.total_bytes(),
             have: p.meta.bytes(),
+        });
+    }
+    check_buffers(p, sb.region_size, &layout)
+}
+
+/// A clone whose one-region copy cannot get a buffer would hang its first
+/// partial write: refuse it up front.
+fn check_buffers(p: &OpenParams, region_size: u32, layout: &Layout) -> Result<(), OpenError> {
+    let copy_budget = p.buffer_cap.saturating_sub(reserve_for(layout));
+    if class_of(region_size as usize) > copy_budget {
+        return Err(OpenError::RegionTooLarge {
+            region_size,
+            copy_budget,
         });
     }
     Ok(())
