@@ -10,7 +10,7 @@
 //! clone, whether the devices are those the metadata belongs to, whether it
 //! is large enough) is the engine's, at open.
 
-use crate::geometry::{DeviceInfo, Geometry, GeometryError};
+use crate::geometry::{DeviceInfo, Geometry, GeometryError, MAX_REGION_SIZE};
 use crate::io::Dev;
 use crate::metadata::DEFAULT_PAGE_SIZE;
 use crate::params::CreateParams;
@@ -185,7 +185,7 @@ pub fn plan(p: &CreateParams, f: &Facts) -> Result<CreatePlan, Refusal> {
             .iter()
             .map(|(dev, param, name, facts)| BaseOpen {
                 dev: *dev,
-                param,
+                param: *param,
                 name: name.to_string(),
                 write: *dev != Dev::Source,
                 flush_needed: facts.flush_needed(),
@@ -206,14 +206,15 @@ fn geometry_refusal(p: &CreateParams, e: GeometryError) -> Refusal {
             format!("destination_bdev '{d}': {e}")
         }
         GeometryError::BadBlockSize(_) => format!("source_bdev '{s}': {e}"),
-        GeometryError::BadRegionSize {
-            region_size,
-            block_size,
-        } if region_size < block_size => match p.region_size_kb {
+        // Parameters passed validation: a region size given is a power of two
+        // no larger than the largest region.
+        GeometryError::BadRegionSize { block_size, .. } => match p.region_size_kb {
             Some(kb) => format!("region_size_kb {kb} is smaller than the block size {block_size}"),
-            None => format!("block size {block_size} is larger than the largest region"),
+            None => format!(
+                "the block size {block_size} is larger than the largest region \
+                 ({MAX_REGION_SIZE} bytes)"
+            ),
         },
-        GeometryError::BadRegionSize { .. } => format!("region_size_kb: {e}"),
         GeometryError::DestTooSmall {
             source_bytes,
             dest_bytes,
@@ -539,7 +540,7 @@ mod tests {
                     f.source.block_size = 128 << 20;
                     f.dest.block_size = 128 << 20;
                 }),
-                "block size 134217728 is larger than the largest region",
+                "the block size 134217728 is larger than the largest region (67108864 bytes)",
             ),
             (
                 json!({}),

@@ -35,6 +35,10 @@ impl RegionMap {
         self.words[(region / 64) as usize].fetch_or(bit, Ordering::Release) & bit == 0
     }
 
+    pub fn memory_bytes(&self) -> u64 {
+        self.words.len() as u64 * 8
+    }
+
     pub fn word(&self, index: usize) -> u64 {
         self.words[index].load(Ordering::Acquire)
     }

@@ -456,6 +456,13 @@ impl<B: Backend> Engine<B> {
         self.buffers.stats()
     }
 
+    /// Memory the clone holds: the in-memory and committed bitmaps, the
+    /// metadata's page tables and the buffer pool (lent and kept).
+    pub fn memory_bytes(&self) -> u64 {
+        let b = self.buffers.stats();
+        self.shared.map.memory_bytes() + self.meta.memory_bytes() + (b.lent + b.kept) as u64
+    }
+
     /// Regions whose hydration is durable in the metadata.
     pub fn committed_regions(&self) -> u64 {
         self.meta.committed_regions()

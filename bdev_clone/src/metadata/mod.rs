@@ -153,6 +153,14 @@ impl Metadata {
         self.uuid
     }
 
+    /// Bytes of memory the loaded metadata holds.
+    pub fn memory_bytes(&self) -> u64 {
+        (self.committed.len() * 8
+            + self.page_slot.len()
+            + self.dirty.len()
+            + self.dirty_list.capacity() * 4) as u64
+    }
+
     pub fn stats(&self) -> &MetaStats {
         &self.stats
     }
