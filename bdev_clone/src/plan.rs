@@ -185,7 +185,7 @@ pub fn plan(p: &CreateParams, f: &Facts) -> Result<CreatePlan, Refusal> {
             .iter()
             .map(|(dev, param, name, facts)| BaseOpen {
                 dev: *dev,
-                param: *param,
+                param,
                 name: name.to_string(),
                 write: *dev != Dev::Source,
                 flush_needed: facts.flush_needed(),
@@ -358,7 +358,10 @@ mod tests {
         let p = json!({"uuid": "0123456789AB-cdef"});
         assert_eq!(
             refused(p, &facts()),
-            (libc::EINVAL, "uuid '0123456789AB-cdef' is not a UUID".into())
+            (
+                libc::EINVAL,
+                "uuid '0123456789AB-cdef' is not a UUID".into()
+            )
         );
         let p = params(json!({"uuid": "01234567-89ab-CDEF-0123-456789abcdef"}));
         let plan = plan(&p, &facts()).unwrap();
@@ -446,8 +449,7 @@ mod tests {
             refused(json!({"source_released": true}), &f),
             (
                 libc::EINVAL,
-                "destination_bdev 'd': block size 520 is not a power of two of at least 512"
-                    .into()
+                "destination_bdev 'd': block size 520 is not a power of two of at least 512".into()
             )
         );
         assert!(bases_ready(&p, |n| n != "s"));

@@ -692,3 +692,66 @@ fn commits_never_starve_behind_copies() {
         );
     }
 }
+
+/// The panic policy's engine half: after a panic the host calls
+/// `abort_after_panic`; every user I/O the engine holds completes once, with
+/// an error, and the clone stops cleanly.
+#[test]
+fn abort_after_panic_completes_every_user_io_once() {
+    use bdev_clone::{UserIo, UserIoId};
+    let mut h = open(256);
+    // Region 0 hydrated: a read of it passes through to the destination.
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 0, 8, &w(1, 0, 8)).0,
+        Ok(())
+    );
+    let ios = [
+        (10, UserOp::Write { fua: false }, 9, 1), // partial: copy, merged
+        (11, UserOp::Write { fua: false }, 10, 1), // waits on region 1's lock
+        (12, UserOp::Write { fua: true }, 16, 8), // whole region, FUA
+        (13, UserOp::Read, 24, 4),                // unhydrated: source
+        (14, UserOp::Read, 0, 4),                 // hydrated: destination
+        (15, UserOp::Unmap, 32, 24),              // fans out over 3 regions
+        (16, UserOp::Flush, 0, 0),
+    ];
+    for (id, kind, off, n) in ios {
+        h.backend()
+            .user_data
+            .insert(id, vec![0xAB; n as usize * 512]);
+        h.engine.submit(UserIo {
+            id: UserIoId(id),
+            kind,
+            offset_blocks: off,
+            num_blocks: n,
+        });
+    }
+    assert!(h.backend().completed.is_empty(), "all held by the engine");
+    h.engine.abort_after_panic("injected");
+    let mut done: Vec<_> = std::mem::take(&mut h.backend().completed);
+    done.sort_by_key(|(id, _)| id.0);
+    let ids: Vec<u64> = done.iter().map(|(id, _)| id.0).collect();
+    assert_eq!(ids, (10..=16).collect::<Vec<_>>(), "each completed once");
+    assert!(done.iter().all(|(_, r)| r.is_err()), "{done:?}");
+    // What was sent to the devices completes into the engine, not the user.
+    h.run();
+    assert!(
+        h.backend().completed.is_empty(),
+        "{:?}",
+        h.backend().completed
+    );
+    let s = h.engine.status();
+    assert_eq!(s.state, CloneState::Failed);
+    assert!(s.error.unwrap().contains("injected"));
+    // Writes are refused, hydrated reads still served, and delete finishes.
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 0, 1, &w(2, 0, 1)).0,
+        Err(IoError::ReadOnly)
+    );
+    assert_eq!(
+        h.read_values(0, 1),
+        vec![Some(Value::Write { id: 1, block: 0 })]
+    );
+    h.engine.shutdown();
+    h.run();
+    assert!(h.take_notices().contains(&bdev_clone::Notice::Stopped));
+}

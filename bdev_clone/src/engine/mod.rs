@@ -33,7 +33,7 @@ use crate::metadata::open::{OpenProgress, Opened, Opener};
 use crate::metadata::{MetaPort, MetaReq, Metadata};
 use hydration::Copy;
 use slab::Slab;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use user_io::{Fanout, RegionLock, RegionOp};
@@ -211,6 +211,8 @@ pub struct Engine<B: Backend> {
     /// When `stats.hydration_ns` was last brought up to date.
     hydration_clock_ns: u64,
     user_in_flight: u64,
+    /// User I/Os completed by `abort_after_panic`: never completed again.
+    aborted: HashSet<UserIoId>,
     /// User I/O count at the last sample, and until when the clone counts as busy.
     busy_sample: (u64, u64),
 }
@@ -262,6 +264,7 @@ impl<B: Backend> Engine<B> {
             rate_window: (now, 0),
             hydration_clock_ns: now,
             user_in_flight: 0,
+            aborted: HashSet::new(),
             busy_sample: (0, 0),
         };
         let (opener, progress) = Opener::start(params, &mut e.port());
@@ -401,7 +404,7 @@ impl<B: Backend> Engine<B> {
         }
         if !self.writable() && !self.meta.sb_dirty() {
             for id in std::mem::take(&mut self.flush_waiters) {
-                self.backend.complete_user(id, Err(IoError::ReadOnly));
+                self.complete_user(id, Err(IoError::ReadOnly));
             }
             self.commit_wanted = false;
             return;
@@ -433,7 +436,7 @@ impl<B: Backend> Engine<B> {
     fn commit_done(&mut self, source_released: bool) {
         self.last_commit_ns = self.backend.now_ns();
         for id in std::mem::take(&mut self.commit_waiters) {
-            self.backend.complete_user(id, Ok(()));
+            self.complete_user(id, Ok(()));
         }
         if self.releasing && source_released {
             self.releasing = false;
@@ -479,10 +482,10 @@ impl<B: Backend> Engine<B> {
             msg,
         );
         for id in std::mem::take(&mut self.commit_waiters) {
-            self.backend.complete_user(id, Err(IoError::Io));
+            self.complete_user(id, Err(IoError::Io));
         }
         for id in std::mem::take(&mut self.flush_waiters) {
-            self.backend.complete_user(id, Err(IoError::Io));
+            self.complete_user(id, Err(IoError::Io));
         }
         if self.releasing {
             self.releasing = false;
@@ -501,6 +504,64 @@ impl<B: Backend> Engine<B> {
         self.state = state;
         self.error = Some(msg.clone());
         self.backend.notify(Notice::Failed(msg));
+    }
+
+    /// Every user I/O completes here, once.
+    fn complete_user(&mut self, io: UserIoId, result: IoResult) {
+        if self.aborted.is_empty() || !self.aborted.contains(&io) {
+            self.backend.complete_user(io, result);
+        }
+    }
+
+    /// After a panic inside the engine or its host (caught at the FFI
+    /// boundary): the engine's state may be half-updated, so the clone goes to
+    /// `failed` with `msg` as its error, every user I/O it holds completes
+    /// with an error now (later completions of requests sent for them are
+    /// dropped), a pending release is answered, and new I/O is refused.
+    /// Requests already sent to devices still complete into the engine, so
+    /// `shutdown` (delete) finishes as usual.
+    pub fn abort_after_panic(&mut self, msg: &str) {
+        let mut held: Vec<UserIoId> = Vec::new();
+        let parent_io = |p: user_io::Parent, fanouts: &Slab<Fanout>| match p {
+            user_io::Parent::User(id) => Some(id),
+            user_io::Parent::Fanout(k) => fanouts.get(k).map(|f| f.io),
+        };
+        for (_, r) in &self.reqs {
+            match r {
+                Req::User(io) => held.push(*io),
+                Req::Region { op, .. } => held.extend(parent_io(op.parent, &self.fanouts)),
+                _ => {}
+            }
+        }
+        for (_, c) in &self.copies {
+            held.extend(c.merged.and_then(|op| parent_io(op.parent, &self.fanouts)));
+        }
+        for lock in self.locks.values() {
+            for op in &lock.waiters {
+                held.extend(parent_io(op.parent, &self.fanouts));
+            }
+        }
+        held.extend(self.fanouts.iter().map(|(_, f)| f.io));
+        held.append(&mut self.flush_waiters);
+        held.append(&mut self.commit_waiters);
+        let why = format!("internal error: {msg}");
+        if self.opening.is_some() {
+            self.open_failed(OpenError::Internal(why.clone()));
+        }
+        self.fail(CloneState::Failed, why.clone());
+        self.state = CloneState::Failed;
+        self.error = Some(why);
+        for io in held {
+            if self.aborted.insert(io) {
+                self.backend.complete_user(io, Err(IoError::Io));
+            }
+        }
+        if self.releasing {
+            self.releasing = false;
+            self.backend.notify(Notice::SourceReleased(Err(format!(
+                "internal error: {msg}"
+            ))));
+        }
     }
 
     /// Puts the clone in its failed state from outside (hot-removal of a base
@@ -576,7 +637,7 @@ impl<B: Backend> Engine<B> {
         match req {
             Req::User(io) => {
                 self.user_in_flight -= 1;
-                self.backend.complete_user(io, result);
+                self.complete_user(io, result);
             }
             Req::Region { op, fills } => {
                 self.user_in_flight -= 1;
@@ -591,7 +652,13 @@ impl<B: Backend> Engine<B> {
                     reqs: &mut self.reqs,
                     buffers: &mut self.buffers,
                 };
-                let opener = self.opening.as_mut().expect("opening");
+                let Some(opener) = self.opening.as_mut() else {
+                    // Opening was abandoned (abort_after_panic).
+                    if let Some(buf) = buf {
+                        self.buffers.free(buf);
+                    }
+                    return;
+                };
                 let progress = opener.io_done(&mut port, buf, offset, len, result);
                 self.open_progress(progress);
             }

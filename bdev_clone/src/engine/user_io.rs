@@ -47,11 +47,11 @@ pub(super) struct Fanout {
 impl<B: Backend> Engine<B> {
     pub fn submit(&mut self, io: UserIo) {
         if self.opening.is_some() || self.stopping {
-            self.backend.complete_user(io.id, Err(IoError::NoDevice));
+            self.complete_user(io.id, Err(IoError::NoDevice));
             return;
         }
         match self.shared.route(&io) {
-            Route::Reject(e) => self.backend.complete_user(io.id, Err(e)),
+            Route::Reject(e) => self.complete_user(io.id, Err(e)),
             Route::Dest => self.submit_user_passthrough(io, Dev::Dest),
             Route::Source => self.submit_user_passthrough(io, Dev::Source),
             Route::Engine => self.submit_slow(io),
@@ -84,7 +84,7 @@ impl<B: Backend> Engine<B> {
             UserOp::Read => unreachable!("reads always route"),
             UserOp::Flush => {
                 if !writable {
-                    self.backend.complete_user(io.id, Err(IoError::ReadOnly));
+                    self.complete_user(io.id, Err(IoError::ReadOnly));
                     return;
                 }
                 self.flush_waiters.push(io.id);
@@ -104,7 +104,7 @@ impl<B: Backend> Engine<B> {
             }),
             UserOp::WriteZeroes | UserOp::Unmap => {
                 if !writable {
-                    self.backend.complete_user(io.id, Err(IoError::ReadOnly));
+                    self.complete_user(io.id, Err(IoError::ReadOnly));
                     return;
                 }
                 let kind = if io.kind == UserOp::Unmap {
@@ -114,7 +114,7 @@ impl<B: Backend> Engine<B> {
                 };
                 let regions = g.regions_touched(io.offset_blocks, io.num_blocks);
                 if regions.is_empty() {
-                    self.backend.complete_user(io.id, Ok(()));
+                    self.complete_user(io.id, Ok(()));
                     return;
                 }
                 let parent = if regions.end - regions.start == 1 {
@@ -262,7 +262,7 @@ impl<B: Backend> Engine<B> {
 
     pub(super) fn finish(&mut self, parent: Parent, result: IoResult) {
         match parent {
-            Parent::User(id) => self.backend.complete_user(id, result),
+            Parent::User(id) => self.complete_user(id, result),
             Parent::Fanout(k) => {
                 let f = &mut self.fanouts[k];
                 if f.result.is_ok() {
@@ -271,7 +271,7 @@ impl<B: Backend> Engine<B> {
                 f.remaining -= 1;
                 if f.remaining == 0 {
                     let f = self.fanouts.remove(k);
-                    self.backend.complete_user(f.io, f.result);
+                    self.complete_user(f.io, f.result);
                 }
             }
         }

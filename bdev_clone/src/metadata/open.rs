@@ -90,6 +90,8 @@ pub enum OpenError {
     SourceMissing,
     /// The host's buffer pool could not lend the buffers opening needs.
     NoMemory,
+    /// Opening was abandoned after an internal error.
+    Internal(String),
     /// One region's copy needs a buffer larger than the buffer cap leaves
     /// to copies.
     RegionTooLarge {
@@ -125,6 +127,7 @@ impl fmt::Display for OpenError {
                 )
             }
             OpenError::NoMemory => write!(f, "out of buffers while opening"),
+            OpenError::Internal(m) => f.write_str(m),
             OpenError::RegionTooLarge {
                 region_size,
                 copy_budget,
