@@ -9,6 +9,7 @@ pub mod geometry;
 pub mod io;
 pub mod metadata;
 pub mod params;
+pub mod plan;
 pub mod region_map;
 
 pub use engine::{CloneState, Engine, OpenError, OpenInfo, OpenParams, Settings, Shared, Status};

@@ -1,13 +1,16 @@
-//! Creating and deleting a clone: validate, open and claim the base bdevs,
-//! start the engine; once it has opened the metadata, register the bdev.
+//! Creating and deleting a clone: gather what SPDK knows of the base bdevs,
+//! let the engine's plan decide (bdev_clone::plan), open and claim the bases
+//! it lists and start the engine; once the engine has opened the metadata,
+//! register the bdev. Hot removal of a base bdev, and delete.
 
 use crate::backend::{dev_index, Base, SpdkBackend, DEVS};
 use crate::channel::{chan_create, chan_destroy, Chan, IoDevice};
 use crate::ffi::{self, Responder};
-use crate::module::{bases_exist, bdev_by_name, find_clone, module, CLONES, PENDING};
+use crate::module::{bdev_by_name, find_clone, module, CLONES, PENDING};
 use crate::vbdev::{clone_poll, CloneBdev, FN_TABLE};
 use bdev_clone::params::CreateParams;
-use bdev_clone::{Dev, DeviceInfo, Engine, OpenParams};
+use bdev_clone::plan::{self, BaseFacts, BaseOpen, Facts};
+use bdev_clone::{Dev, Engine};
 use serde_json::json;
 use spdk_sys as sys;
 use std::ffi::{c_int, c_void, CStr, CString};
@@ -16,11 +19,7 @@ use std::sync::atomic::AtomicPtr;
 use std::sync::Arc;
 
 /// An RPC failure: errno and message.
-pub type RpcError = (i32, String);
-
-fn einval(msg: impl Into<String>) -> RpcError {
-    (libc::EINVAL, msg.into())
-}
+pub type RpcError = bdev_clone::plan::Refusal;
 
 fn tag(clone: *mut CloneBdev, dev: Dev) -> *mut c_void {
     (clone as usize | dev_index(dev)) as *mut c_void
@@ -51,36 +50,68 @@ unsafe extern "C" fn base_event(
     })
 }
 
-/// A destination whose volatile write cache is never flushed would make every
-/// commit a lie: SPDK's NVMe bdev completes FLUSH without sending it unless
-/// `bdev_nvme_set_options --enable-flush` was set.
-fn flush_reaches_device(bdev: *mut sys::spdk_bdev) -> (bool, bool) {
-    // SAFETY: `bdev` is a registered bdev we hold open.
+/// What SPDK knows of the bdev called `name`, for the plan.
+fn base_facts(name: &str) -> BaseFacts {
+    let Some(b) = bdev_by_name(name) else {
+        return BaseFacts::default();
+    };
+    // SAFETY: properties of a registered bdev, read on the app thread.
     unsafe {
-        let cache = sys::spdk_bdev_has_write_cache(bdev);
-        if !cache {
-            return (false, true);
+        BaseFacts {
+            exists: true,
+            block_size: sys::spdk_bdev_get_block_size(b),
+            num_blocks: sys::spdk_bdev_get_num_blocks(b),
+            uuid: (*sys::spdk_bdev_get_uuid(b)).u.raw,
+            write_cache: sys::spdk_bdev_has_write_cache(b),
+            flush_supported: sys::spdk_bdev_io_type_supported(b, sys::SPDK_BDEV_IO_TYPE_FLUSH),
+            flush_reaches_device: flush_reaches_device(b),
+            unmap_supported: sys::spdk_bdev_io_type_supported(b, sys::SPDK_BDEV_IO_TYPE_UNMAP),
         }
-        if !sys::spdk_bdev_io_type_supported(bdev, sys::SPDK_BDEV_IO_TYPE_FLUSH) {
-            return (true, false);
-        }
+    }
+}
+
+/// SPDK's NVMe bdev completes FLUSH without sending it unless
+/// `bdev_nvme_set_options --enable-flush` was set; other modules send the
+/// flushes they take.
+fn flush_reaches_device(bdev: *mut sys::spdk_bdev) -> bool {
+    // SAFETY: `bdev` is registered; the options are copied into a local of
+    // the size we pass.
+    unsafe {
         let module = CStr::from_ptr(sys::spdk_bdev_get_module_name(bdev));
-        if module.to_bytes() == b"nvme" {
-            let mut opts: sys::spdk_bdev_nvme_opts = std::mem::zeroed();
-            sys::spdk_bdev_nvme_get_opts(
-                &mut opts,
-                std::mem::size_of::<sys::spdk_bdev_nvme_opts>(),
-            );
-            return (true, opts.enable_flush);
+        if module.to_bytes() != b"nvme" {
+            return true;
         }
-        (true, true)
+        let mut opts: sys::spdk_bdev_nvme_opts = std::mem::zeroed();
+        sys::spdk_bdev_nvme_get_opts(&mut opts, std::mem::size_of::<sys::spdk_bdev_nvme_opts>());
+        opts.enable_flush
+    }
+}
+
+fn random_uuid() -> [u8; 16] {
+    let mut u = sys::spdk_uuid::default();
+    // SAFETY: fills a local; its raw bytes are the whole union.
+    unsafe {
+        sys::spdk_uuid_generate(&mut u);
+        u.u.raw
+    }
+}
+
+/// Everything the plan needs to know, gathered on the app thread.
+fn facts(p: &CreateParams) -> Facts {
+    Facts {
+        name_taken: bdev_by_name(&p.name).is_some() || find_clone(&p.name).is_some(),
+        source: base_facts(&p.source_bdev),
+        dest: base_facts(&p.destination_bdev),
+        meta: base_facts(&p.metadata_bdev),
+        random_uuid: random_uuid(),
+        nonce: u64::from_le_bytes(random_uuid()[..8].try_into().unwrap()),
     }
 }
 
 /// Validates, opens and claims the base bdevs, then starts the engine. The
 /// reply is sent when the metadata is loaded or formatted.
 pub fn create(p: CreateParams, reply: Responder) {
-    if p.wait_for_bases && !bases_exist(&p) {
+    if p.wait_for_bases && !plan::bases_ready(&p, |n| bdev_by_name(n).is_some()) {
         let mut pending = PENDING.lock().unwrap();
         if pending.iter().any(|q| q.name == p.name) || find_clone(&p.name).is_some() {
             return reply.err(
@@ -106,108 +137,18 @@ pub fn create(p: CreateParams, reply: Responder) {
     }
 }
 
+/// Plans the create, opens and claims the bases the plan lists, then starts
+/// the engine (which reads or formats the metadata and notifies Opened).
 pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
-    p.validate().map_err(einval)?;
-    if bdev_by_name(&p.name).is_some() || find_clone(&p.name).is_some() {
-        return Err((
-            libc::EEXIST,
-            format!("a bdev named '{}' already exists", p.name),
-        ));
-    }
-    let names = [&p.source_bdev, &p.destination_bdev, &p.metadata_bdev];
-    let which = ["source_bdev", "destination_bdev", "metadata_bdev"];
-    // A released source is not opened (it may be gone); the engine checks
-    // that the metadata says it was released.
-    let released = p.source_released;
-    let mut bdevs = [null_mut(); 3];
-    for i in usize::from(released)..3 {
-        bdevs[i] = bdev_by_name(names[i]).ok_or((
-            libc::ENODEV,
-            format!("{} '{}' does not exist", which[i], names[i]),
-        ))?;
-    }
-    let uuid = match &p.uuid {
-        Some(s) => {
-            let mut u = sys::spdk_uuid::default();
-            let cs = CString::new(s.as_str()).map_err(|_| einval("uuid is not a UUID"))?;
-            // SAFETY: parse into a local.
-            if unsafe { sys::spdk_uuid_parse(&mut u, cs.as_ptr()) } != 0 {
-                return Err(einval(format!("uuid '{s}' is not a UUID")));
-            }
-            u
-        }
-        None => {
-            let mut u = sys::spdk_uuid::default();
-            // SAFETY: fills a local.
-            unsafe { sys::spdk_uuid_generate(&mut u) };
-            u
-        }
-    };
-    let (cache, flushed) = flush_reaches_device(bdevs[1]);
-    if cache && !flushed && !p.allow_unflushed_destination {
-        return Err(einval(format!(
-            "destination_bdev '{}' has a volatile write cache but its flushes are not sent to \
-             the device, so no commit could be made durable. For an NVMe bdev run \
-             `bdev_nvme_set_options --enable-flush` before attaching the controller; or pass \
-             allow_unflushed_destination to accept the risk",
-            p.destination_bdev
-        )));
-    }
-    let (mcache, mflushed) = flush_reaches_device(bdevs[2]);
-    if mcache && !mflushed && !p.allow_unflushed_destination {
-        return Err(einval(format!(
-            "metadata_bdev '{}' has a volatile write cache but its flushes are not sent to the \
-             device. For an NVMe bdev run `bdev_nvme_set_options --enable-flush` before \
-             attaching the controller; or pass allow_unflushed_destination to accept the risk",
-            p.metadata_bdev
-        )));
-    }
-    // SAFETY: reading properties of registered bdevs.
-    let info = |b: *mut sys::spdk_bdev| unsafe {
-        DeviceInfo {
-            block_size: sys::spdk_bdev_get_block_size(b),
-            num_blocks: sys::spdk_bdev_get_num_blocks(b),
-        }
-    };
-    let (dst, meta) = (info(bdevs[1]), info(bdevs[2]));
-    // Without the source, the engine checks the destination against the
-    // source's size and block size recorded in the metadata.
-    let src = if released { dst } else { info(bdevs[0]) };
-    if src.block_size != dst.block_size {
-        return Err(einval(format!(
-            "source block size {} differs from destination block size {}",
-            src.block_size, dst.block_size
-        )));
-    }
-    if dst.bytes() < src.bytes() {
-        return Err(einval(format!(
-            "destination_bdev '{}' ({} bytes) is smaller than source_bdev '{}' ({} bytes)",
-            p.destination_bdev,
-            dst.bytes(),
-            p.source_bdev,
-            src.bytes()
-        )));
-    }
-    if let Some(rs) = p.region_size_kb {
-        if (rs as u64 * 1024) < src.block_size as u64 {
-            return Err(einval(format!(
-                "region_size_kb {rs} is smaller than the block size {}",
-                src.block_size
-            )));
-        }
-    }
-    // SAFETY: uuid bytes of registered bdevs.
-    let uuid_of = |b: *mut sys::spdk_bdev| unsafe { (*sys::spdk_bdev_get_uuid(b)).u.raw };
-    let discard_passdown = !p.no_discard_passdown
-        // SAFETY: property of a registered bdev.
-        && unsafe { sys::spdk_bdev_io_type_supported(bdevs[1], sys::SPDK_BDEV_IO_TYPE_UNMAP) };
-
+    let plan = plan::plan(&p, &facts(&p))?;
+    let mut uuid = sys::spdk_uuid::default();
+    uuid.u.raw = plan.uuid;
     let clone = Box::into_raw(Box::new(CloneBdev {
         // SAFETY: spdk_bdev is a plain C struct; zeroed is its initial state.
         bdev: Box::new(unsafe { std::mem::zeroed() }),
         iodev: None,
-        name: CString::new(p.name.as_str()).unwrap(),
-        params: p.clone(),
+        name: CString::new(p.name.as_str()).expect("validated: no NUL"),
+        params: p,
         engine: None,
         // SAFETY: called on an SPDK thread (the RPC thread).
         thread: unsafe { sys::spdk_get_thread() },
@@ -217,21 +158,13 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         unregistering: false,
         create_req: None,
         release_req: None,
-        dest_write_cache: cache,
-        dest_flush_sent: flushed,
+        dest_write_cache: plan.dest_write_cache,
+        dest_flush_sent: plan.dest_flush_sent,
     }));
     let mut backend = SpdkBackend::new(clone);
-    for (i, dev) in DEVS.iter().enumerate() {
-        if released && *dev == Dev::Source {
-            continue;
-        }
-        // SAFETY: properties of a registered bdev.
-        let flush_needed = unsafe {
-            sys::spdk_bdev_has_write_cache(bdevs[i])
-                && sys::spdk_bdev_io_type_supported(bdevs[i], sys::SPDK_BDEV_IO_TYPE_FLUSH)
-        };
-        match open_base(clone, *dev, which[i], names[i], flush_needed) {
-            Ok(base) => backend.attach(*dev, base),
+    for base in &plan.bases {
+        match open_base(clone, base) {
+            Ok(b) => backend.attach(base.dev, b),
             Err(e) => {
                 backend.close();
                 // SAFETY: not registered anywhere yet.
@@ -240,46 +173,19 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
             }
         }
     }
-    let mut params = OpenParams::new(src, dst, meta, {
-        let mut n = sys::spdk_uuid::default();
-        // SAFETY: fills a local.
-        unsafe { sys::spdk_uuid_generate(&mut n) };
-        // SAFETY: the raw bytes view of the UUID union.
-        u64::from_le_bytes(unsafe { n.u.raw }[..8].try_into().unwrap())
-    });
-    params.region_size = p.region_size_kb.map(|kb| kb * 1024);
-    params.page_size = bdev_clone::metadata::DEFAULT_PAGE_SIZE.max(meta.block_size);
-    params.format = p.format;
-    // SAFETY: the raw bytes view of the UUID union.
-    params.uuid = unsafe { uuid.u.raw };
-    if released {
-        params.source = None;
-    } else {
-        params.source_id = uuid_of(bdevs[0]);
-    }
-    params.dest_id = uuid_of(bdevs[1]);
-    params.source_name = p.source_bdev.clone();
-    params.dest_name = p.destination_bdev.clone();
-    params.settings = p.settings(discard_passdown);
     CLONES.lock().unwrap().0.push(clone as usize);
     // SAFETY: live, just allocated.
-    unsafe { (*clone).engine = Some(Engine::open(backend, params)) };
+    unsafe { (*clone).engine = Some(Engine::open(backend, plan.open)) };
     Ok(clone)
 }
 
-/// Opens `name` (the `param` of the create call) with our hot-remove
-/// callback, claims it (the source shared, read-only; the others exclusive
-/// write) and gets a channel on this (the clone's) thread. On failure nothing
-/// stays open.
-fn open_base(
-    clone: *mut CloneBdev,
-    dev: Dev,
-    param: &str,
-    name: &str,
-    flush_needed: bool,
-) -> Result<Base, RpcError> {
-    let n = CString::new(name).map_err(|_| einval(format!("{param} contains NUL")))?;
-    let write = dev != Dev::Source;
+/// Opens a base bdev with our hot-remove callback, claims it as the plan
+/// says (the source shared and read-only, the others exclusive write) and
+/// gets a channel on this (the clone's) thread. On failure nothing stays open.
+fn open_base(clone: *mut CloneBdev, base: &BaseOpen) -> Result<Base, RpcError> {
+    let (param, name) = (base.param, base.name.as_str());
+    let n = CString::new(name).map_err(|_| (libc::EINVAL, format!("{param} contains NUL")))?;
+    let write = base.write;
     let mut desc = null_mut();
     // SAFETY: opening by name with our event callback and a tagged ctx.
     let rc = unsafe {
@@ -287,7 +193,7 @@ fn open_base(
             n.as_ptr(),
             write,
             Some(base_event),
-            tag(clone, dev),
+            tag(clone, base.dev),
             &mut desc,
         )
     };
@@ -301,11 +207,11 @@ fn open_base(
     if rc != 0 {
         return Err((-rc, format!("cannot open {param} '{name}': error {rc}")));
     }
-    let mut base = Base {
+    let mut opened = Base {
         desc,
         chan: null_mut(),
         release_claim: false,
-        flush_needed,
+        flush_needed: base.flush_needed,
     };
     let claim = if write {
         sys::SPDK_BDEV_CLAIM_EXCL_WRITE
@@ -315,20 +221,20 @@ fn open_base(
     // SAFETY: the desc is open; default claim options.
     let rc = unsafe { sys::spdk_bdev_module_claim_bdev_desc(desc, claim, null_mut(), module()) };
     if rc != 0 {
-        base.close();
+        opened.close();
         return Err((
             libc::EBUSY,
             format!("{param} '{name}' is already claimed by another module"),
         ));
     }
-    base.release_claim = write;
+    opened.release_claim = write;
     // SAFETY: the desc is open on this thread.
-    base.chan = unsafe { sys::spdk_bdev_get_io_channel(desc) };
-    if base.chan.is_null() {
-        base.close();
+    opened.chan = unsafe { sys::spdk_bdev_get_io_channel(desc) };
+    if opened.chan.is_null() {
+        opened.close();
         return Err((libc::ENOMEM, "no I/O channel".into()));
     }
-    Ok(base)
+    Ok(opened)
 }
 
 unsafe extern "C" fn delete_done(arg: *mut c_void, rc: c_int) {

@@ -6,6 +6,7 @@ use crate::create::start_create;
 use crate::ffi;
 use crate::vbdev::CloneBdev;
 use bdev_clone::params::CreateParams;
+use bdev_clone::plan;
 use spdk_sys as sys;
 use std::ffi::{c_int, CString};
 use std::sync::Mutex;
@@ -81,18 +82,13 @@ pub(crate) fn bdev_by_name(name: &str) -> Option<*mut sys::spdk_bdev> {
 /// Creates waiting for their base bdevs (`wait_for_bases`).
 pub(crate) static PENDING: Mutex<Vec<CreateParams>> = Mutex::new(Vec::new());
 
-pub(crate) fn bases_exist(p: &CreateParams) -> bool {
-    [&p.source_bdev, &p.destination_bdev, &p.metadata_bdev]
-        .iter()
-        .enumerate()
-        .all(|(i, n)| (i == 0 && p.source_released) || bdev_by_name(n).is_some())
-}
-
 /// The module's examine_config: a new bdev may complete a pending create.
 pub fn examine(_bdev: *mut sys::spdk_bdev) {
     let ready: Vec<CreateParams> = {
         let mut pending = PENDING.lock().unwrap();
-        let (ready, waiting) = pending.drain(..).partition(bases_exist);
+        let (ready, waiting) = pending
+            .drain(..)
+            .partition(|p| plan::bases_ready(p, |n| bdev_by_name(n).is_some()));
         *pending = waiting;
         ready
     };

@@ -16,6 +16,7 @@ use crate::io::{fn_io_type_supported, fn_submit};
 use crate::json::fn_dump_info_json;
 use crate::module::CLONES;
 use bdev_clone::params::CreateParams;
+use bdev_clone::plan;
 use bdev_clone::{Engine, Notice, Settings};
 use serde_json::json;
 use spdk_sys as sys;
@@ -149,11 +150,7 @@ impl CloneBdev {
                 }
             }
             Notice::Opened(Err(e)) => {
-                let errno = match e {
-                    bdev_clone::OpenError::MetaTooSmall { .. } => libc::ENOSPC,
-                    bdev_clone::OpenError::Io(..) => libc::EIO,
-                    _ => libc::EINVAL,
-                };
+                let errno = plan::open_errno(&e);
                 let msg = format!("cannot create clone '{name}': {e}");
                 match self.create_req.take() {
                     Some(r) => r.err(errno, &msg),
