@@ -6,7 +6,9 @@
 #include <spdk/bdev_module.h>
 #include <spdk/rpc.h>
 
-/* Implemented in Rust (src/module.rs, src/rpc.rs). */
+#include "rpc_methods.h"
+
+/* Implemented in Rust: src/module.rs (the module table) and src/rpc.rs. */
 int bdev_clone_rs_module_init(void);
 void bdev_clone_rs_module_fini(void);
 int bdev_clone_rs_get_ctx_size(void);
@@ -32,20 +34,23 @@ bdev_clone_module(void)
 	return &g_bdev_clone_if;
 }
 
-#define CLONE_RPC(idx, method)                                                       \
+/* The methods' indices, in the order of rpc_methods.h (rpc::Method in Rust). */
+enum bdev_clone_rpc_method {
+#define BDEV_CLONE_RPC_INDEX(method) BDEV_CLONE_RPC_##method,
+	BDEV_CLONE_RPC_METHODS(BDEV_CLONE_RPC_INDEX)
+#undef BDEV_CLONE_RPC_INDEX
+};
+
+/* One handler per method, registered from a constructor by SPDK_RPC_REGISTER. */
+#define BDEV_CLONE_RPC_REGISTER(method)                                              \
 	static void rpc_##method(struct spdk_jsonrpc_request *r,                     \
 				 const struct spdk_json_val *p)                      \
 	{                                                                            \
-		bdev_clone_rs_rpc(idx, r, p);                                        \
+		bdev_clone_rs_rpc(BDEV_CLONE_RPC_##method, r, p);                    \
 	}                                                                            \
 	SPDK_RPC_REGISTER(#method, rpc_##method, SPDK_RPC_RUNTIME)
 
-/* Indices match rpc::Method in Rust. */
-CLONE_RPC(0, bdev_clone_create)
-CLONE_RPC(1, bdev_clone_delete)
-CLONE_RPC(2, bdev_clone_get_clones)
-CLONE_RPC(3, bdev_clone_set_hydration)
-CLONE_RPC(4, bdev_clone_release_source)
+BDEV_CLONE_RPC_METHODS(BDEV_CLONE_RPC_REGISTER)
 
 /* Inline in SPDK's headers, so bindgen has no symbol for it. */
 void *

@@ -1,6 +1,7 @@
-//! The module's entry points from C: module callbacks and the JSON-RPC
-//! methods (registered by the shim). Every parameter is decoded with serde
-//! into a typed struct; a bad one gets -EINVAL with a message naming it.
+//! The JSON-RPC methods: the shim registers each method listed in
+//! shim/rpc_methods.h and hands its calls to `bdev_clone_rs_rpc`, which
+//! dispatches on [`Method`]. Every parameter is decoded with serde into a
+//! typed struct; a bad one gets -EINVAL with a message naming it.
 
 use crate::create;
 use crate::ffi::{self, Responder};
@@ -10,6 +11,10 @@ use libc::{EBUSY, EINVAL, ENODEV};
 use serde_json::{json, Value};
 use spdk_sys as sys;
 use std::ffi::c_int;
+
+// `Method`: one variant per entry of shim/rpc_methods.h, which the shim
+// registers (the shim passes a method's position as its index).
+include!(concat!(env!("OUT_DIR"), "/rpc_methods.rs"));
 
 fn no_clone(name: &str) -> (i32, String) {
     (ENODEV, format!("no clone named '{name}'"))
@@ -34,15 +39,16 @@ pub unsafe extern "C" fn bdev_clone_rs_rpc(
 }
 
 fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
+    let method = Method::from_index(method);
     let mut reply = Some(reply);
     let mut take = || reply.take().expect("answered once");
     let result: Result<Option<Value>, (i32, String)> = (|| match method {
-        0 => {
+        Some(Method::Create) => {
             let p: CreateParams = decode(params).map_err(|m| (EINVAL, m))?;
             create::create(p, take());
             Ok(None)
         }
-        1 => {
+        Some(Method::Delete) => {
             let p: NameParams = decode(params).map_err(|m| (EINVAL, m))?;
             let c = module::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
             // SAFETY: registry pointers are live on this thread.
@@ -50,7 +56,7 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
             c.delete(take());
             Ok(None)
         }
-        2 => {
+        Some(Method::GetClones) => {
             let p: GetParams = decode(params).map_err(|m| (EINVAL, m))?;
             let mut out = Vec::new();
             module::for_each_clone(|c| {
@@ -63,7 +69,7 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
             }
             Ok(Some(Value::Array(out)))
         }
-        3 => {
+        Some(Method::SetHydration) => {
             let p: SetHydrationParams = decode(params).map_err(|m| (EINVAL, m))?;
             p.validate().map_err(|m| (EINVAL, m))?;
             let c = module::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
@@ -76,7 +82,7 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
             c.set_settings(s);
             Ok(Some(json!(true)))
         }
-        4 => {
+        Some(Method::ReleaseSource) => {
             let p: NameParams = decode(params).map_err(|m| (EINVAL, m))?;
             let c = module::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
             // SAFETY: registry pointers are live on this thread.
@@ -87,7 +93,7 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
             c.release_source(take());
             Ok(None)
         }
-        _ => Err((EINVAL, "unknown method".into())),
+        None => Err((EINVAL, "unknown method".into())),
     })();
     if let Some(r) = reply {
         match result {
