@@ -27,6 +27,8 @@ pub struct IoDevice {
 // SAFETY: `thread` is an opaque handle; `clone` is dereferenced only on that
 // thread (others send it messages); the rest is Sync by itself.
 unsafe impl Send for IoDevice {}
+// SAFETY: as for Send: shared references only read `shared`, the atomics and
+// the thread handle; `clone` is dereferenced on its own thread only.
 unsafe impl Sync for IoDevice {}
 
 /// Per-thread channel of the clone.

@@ -152,8 +152,9 @@ struct EngineMsg {
 
 unsafe extern "C" fn engine_msg(arg: *mut c_void) {
     ffi::guard("engine_msg", (), || {
-        // SAFETY: boxed by route; the clone is alive while it has I/O.
+        // SAFETY: boxed by route for this message, freed here once.
         let m = unsafe { Box::from_raw(arg as *mut EngineMsg) };
+        // SAFETY: the clone is alive while it has I/O, and this is its thread.
         let c = unsafe { &mut *m.clone };
         c.engine_mut().submit(m.io);
         c.after_engine();
@@ -165,6 +166,7 @@ fn route(ch: *mut sys::spdk_io_channel, bdev_io: *mut sys::spdk_bdev_io) {
     // SAFETY: our channel's context is a Chan made by chan_create, whose
     // IoDevice it keeps alive.
     let chan = unsafe { &*(bdev_clone_channel_ctx(ch) as *mut Chan) };
+    // SAFETY: the channel holds a reference on its IoDevice (chan_create).
     let dev = unsafe { &*chan.dev };
     let Some(io) = user_io(bdev_io) else {
         complete_bdev_io(bdev_io, false);
