@@ -324,7 +324,9 @@ impl World {
                 let World { engine, rng, .. } = self;
                 engine.as_mut().unwrap().backend_mut().devs[d].evict_one(rng);
             }
-            _ => self.engine().poll(),
+            _ => {
+                self.engine().poll();
+            }
         }
         self.drain()
     }

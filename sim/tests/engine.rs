@@ -755,3 +755,25 @@ fn abort_after_panic_completes_every_user_io_once() {
     h.run();
     assert!(h.take_notices().contains(&bdev_clone::Notice::Stopped));
 }
+
+/// An idle clone asks for no polling: nothing to pace, commit or give back.
+#[test]
+fn idle_clone_wants_no_poll() {
+    let mut h = open(64);
+    // Opening's buffers are kept for a while, then given back.
+    assert!(h.poll_until(2_000, |h| !h.engine.wants_poll()));
+    assert!(!h.engine.poll(), "an idle poll starts nothing");
+    // A write dirties a bitmap page: the commit interval needs the poller.
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 0, 8, &w(1, 0, 8)).0,
+        Ok(())
+    );
+    assert!(h.engine.wants_poll());
+    assert!(h.poll_until(3_000, |h| h.engine.committed_regions() == 1));
+    assert!(h.poll_until(2_000, |h| !h.engine.wants_poll()));
+    // Hydration running needs it too.
+    let mut s = h.engine.settings().clone();
+    s.hydration_enabled = true;
+    h.engine.set_settings(s);
+    assert!(h.engine.wants_poll());
+}

@@ -578,10 +578,12 @@ impl<B: Backend> Engine<B> {
     // ---------------------------------------------------------------- polling
 
     /// Drives timers: background hydration, periodic commits, retries.
-    pub fn poll(&mut self) {
+    /// Returns whether it started anything (a poller reports BUSY or IDLE).
+    pub fn poll(&mut self) -> bool {
         if self.opening.is_some() {
-            return;
+            return false;
         }
+        let started = self.reqs.len();
         while let Some(&r) = self.copy_backlog.front() {
             if !self.start_copy(r, 1, false, None) {
                 break;
@@ -622,7 +624,26 @@ impl<B: Backend> Engine<B> {
             self.buffers.release_all(&mut self.backend);
             self.backend.notify(Notice::Stopped);
             self.stopping = true; // stays refusing I/O
+            return true;
         }
+        self.reqs.len() > started
+    }
+
+    /// Whether anything waits for time to pass (hydration to pace, a commit
+    /// interval, buffers to give back, a retry): when not, the host may stop
+    /// polling until it next calls the engine. An idle clone costs nothing.
+    pub fn wants_poll(&self) -> bool {
+        if self.opening.is_some() {
+            return false; // completions drive opening
+        }
+        let hydrating = self.state == CloneState::Hydrating && self.settings.hydration_enabled;
+        hydrating
+            || self.stopping
+            || self.commit_wanted
+            || !self.copy_backlog.is_empty()
+            || self.meta.has_changes()
+            || self.meta.commit_in_flight()
+            || self.buffers.stats().kept > 0
     }
 
     fn writable(&self) -> bool {

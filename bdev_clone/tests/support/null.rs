@@ -154,7 +154,9 @@ pub fn hydrate(e: &mut Engine<NullBackend>, regions: u64) -> f64 {
     while e.status().stats.regions_hydrated < target {
         match e.backend_mut().done.pop_front() {
             Some((id, r)) => e.complete(id, r),
-            None => e.poll(),
+            None => {
+                e.poll();
+            }
         }
     }
     t.elapsed().as_secs_f64()
