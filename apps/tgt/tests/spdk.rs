@@ -118,7 +118,7 @@ fn bad_rpc_calls_are_refused() {
     malloc(&t, "dst", 8, 512);
     malloc(&t, "small", 4, 512);
     malloc(&t, "meta", 1, 512);
-    malloc(&t, "tiny", 1, 512); // too small for 512-byte regions over 8 MiB? no: see below
+    malloc(&t, "tiny", 1, 512); // metadata for a second clone of src and dst (refused: claimed)
     malloc(&t, "big4k", 8, 4096);
     t.call(
         "bdev_null_create",
@@ -357,9 +357,49 @@ fn bad_rpc_calls_are_refused() {
         .unwrap();
     let e = t.call("bdev_clone_create", Some(json!({"name": "c3", "source_bdev": "null0", "destination_bdev": "dst", "metadata_bdev": "meta"}))).unwrap_err();
     assert!(e.1.contains("format"), "{e:?}");
-    // Metadata too small for the geometry.
-    let e = t.call("bdev_clone_create", Some(json!({"name": "c4", "source_bdev": "src", "destination_bdev": "dst", "metadata_bdev": "tiny", "region_size_kb": 4, "format": true}))).unwrap();
-    let _ = e;
+    // Metadata too small: -ENOSPC naming both sizes, and nothing left behind.
+    // 8 MiB of 4 KiB regions is 2,048 regions, one 4 KiB bitmap page: the
+    // metadata needs two superblock slots and two page slots of 4 KiB,
+    // 16,384 bytes. "meta12k" has room for the superblocks, not the pages;
+    // "meta4k" not even for both superblock slots (8,192 bytes).
+    for (meta, blocks, need) in [("meta12k", 24u64, 16384u64), ("meta4k", 8, 8192)] {
+        t.call(
+            "bdev_malloc_create",
+            Some(json!({"name": meta, "num_blocks": blocks, "block_size": 512})),
+        )
+        .unwrap();
+        let params = json!({"name": "c4", "source_bdev": "src", "destination_bdev": "dst",
+            "metadata_bdev": meta, "region_size_kb": 4, "format": true});
+        let (code, msg) = match t.call("bdev_clone_create", Some(params)) {
+            Ok(v) => panic!(
+                "a clone on the {} bytes of {meta} was created: {v}",
+                blocks * 512
+            ),
+            Err(e) => e,
+        };
+        assert_eq!(code, -28, "-ENOSPC for {meta}: {msg}");
+        let have = blocks * 512;
+        assert!(
+            msg.contains("metadata device too small")
+                && msg.contains(&format!("needs {need} bytes, has {have}")),
+            "{meta}: message '{msg}' does not say the metadata is too small with both sizes"
+        );
+        assert_eq!(t.call("bdev_clone_get_clones", None).unwrap(), json!([]));
+        let e = t
+            .call("bdev_get_bdevs", Some(json!({"name": "c4"})))
+            .unwrap_err();
+        assert_eq!(e.0, -19, "a bdev c4 exists after the refusal: {e:?}");
+        for b in ["src", "dst", meta] {
+            assert!(!claimed(&t, b), "{b} left claimed by the refused create");
+        }
+        assert!(t.alive());
+    }
+    // The same source and destination then serve a clone on enough metadata.
+    let c4 = json!({"name": "c4", "source_bdev": "src", "destination_bdev": "dst",
+        "metadata_bdev": "meta", "region_size_kb": 4, "format": true});
+    assert_eq!(t.call("bdev_clone_create", Some(c4)).unwrap(), json!("c4"));
+    assert!(claimed(&t, "src") && claimed(&t, "dst") && claimed(&t, "meta"));
+    assert_eq!(t.clone_info("c4")["regions_total"], 2048);
     t.call("bdev_clone_delete", Some(json!({"name": "c4"})))
         .unwrap();
     eprintln!("{tried} bad calls refused");
