@@ -37,6 +37,19 @@ fn routing(c: &mut Criterion) {
         let io = io(UserOp::Write { fua: false }, 4096);
         b.iter(|| shared.route(black_box(&io)))
     });
+    // While hydration runs, every routed I/O is also counted (on the
+    // routing thread's own counter) so that hydration can yield to it.
+    let counter = shared.io_counter();
+    shared.set_counting(true);
+    group.bench_function("read, hydrated region, while hydrating (counted)", |b| {
+        let io = io(UserOp::Read, 4096);
+        b.iter(|| shared.route_counted(black_box(&io), &counter))
+    });
+    shared.set_counting(false);
+    group.bench_function("read, hydrated region, counting off (route_counted)", |b| {
+        let io = io(UserOp::Read, 4096);
+        b.iter(|| shared.route_counted(black_box(&io), &counter))
+    });
     group.bench_function("read, random region of 1 TiB", |b| {
         let mut x = 0x2545_F491_4F6C_DD1Du64;
         b.iter(|| {

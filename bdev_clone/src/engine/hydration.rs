@@ -7,7 +7,6 @@ use super::{CloneState, Engine, Req};
 use crate::buffers::Purpose;
 use crate::io::*;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 
 pub(super) struct Copy {
     pub(super) first: u64,
@@ -164,7 +163,7 @@ impl<B: Backend> Engine<B> {
     /// The hydration rate limit in force, in bytes per second (0 = none):
     /// the busy limit while user I/O was seen in the last 50 ms.
     pub(super) fn rate_limit(&mut self, now: u64) -> f64 {
-        let ios = self.shared.user_ios.load(Ordering::Relaxed);
+        let ios = self.user_ios + self.shared.user_ios();
         if ios != self.busy_sample.0 {
             self.busy_sample = (ios, now + 50_000_000);
         }
@@ -183,7 +182,7 @@ impl<B: Backend> Engine<B> {
     /// background hydration runs).
     pub(super) fn note_hydrating(&self) {
         let active = self.state == CloneState::Hydrating && self.settings.hydration_enabled;
-        self.shared.hydrating.store(active, Ordering::Relaxed);
+        self.shared.set_counting(active);
     }
 
     pub(super) fn pump_hydration(&mut self) {

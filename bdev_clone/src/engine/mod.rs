@@ -23,7 +23,7 @@ pub mod route;
 mod user_io;
 
 pub use crate::metadata::open::{OpenError, OpenInfo, OpenParams};
-pub use route::{Route, Shared};
+pub use route::{IoCounter, Route, Shared};
 
 use crate::buffers::{BufferStats, Buffers, Purpose};
 use crate::geometry::Geometry;
@@ -211,6 +211,9 @@ pub struct Engine<B: Backend> {
     /// When `stats.hydration_ns` was last brought up to date.
     hydration_clock_ns: u64,
     user_in_flight: u64,
+    /// User I/Os submitted to the engine itself while hydrating (those the
+    /// host routes itself it counts in `Shared::io_counter`s).
+    user_ios: u64,
     /// User I/Os completed by `abort_after_panic`: never completed again.
     aborted: HashSet<UserIoId>,
     /// User I/O count at the last sample, and until when the clone counts as busy.
@@ -264,6 +267,7 @@ impl<B: Backend> Engine<B> {
             rate_window: (now, 0),
             hydration_clock_ns: now,
             user_in_flight: 0,
+            user_ios: 0,
             aborted: HashSet::new(),
             busy_sample: (0, 0),
         };

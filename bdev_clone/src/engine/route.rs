@@ -5,7 +5,28 @@
 use crate::geometry::Geometry;
 use crate::io::{IoError, UserIo, UserOp};
 use crate::region_map::RegionMap;
+use crossbeam_utils::CachePadded;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// User I/Os counted on one thread (an SPDK channel): written only by that
+/// thread, summed by the engine now and then. Nothing per I/O touches a cache
+/// line that all cores share.
+#[derive(Debug, Default)]
+pub struct IoCounter(CachePadded<AtomicU64>);
+
+impl IoCounter {
+    /// Counts one I/O (only the owning thread calls it: no locked add).
+    #[inline]
+    pub fn note(&self) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// State that threads other than the engine's may read without a lock: the
 /// SPDK glue routes reads and hydrated writes with it on every thread.
@@ -17,7 +38,8 @@ pub struct Shared {
     /// Set while background hydration runs: only then are user I/Os counted
     /// (for the busy rate limit), so a hydrated clone pays nothing.
     pub(super) hydrating: AtomicBool,
-    pub(super) user_ios: AtomicU64,
+    /// One counter per thread that routes I/O.
+    counters: Mutex<Vec<Arc<IoCounter>>>,
 }
 
 /// Where an I/O can go without the engine's help.
@@ -39,7 +61,7 @@ impl Shared {
             geometry,
             writes_allowed: AtomicBool::new(true),
             hydrating: AtomicBool::new(false),
-            user_ios: AtomicU64::new(0),
+            counters: Mutex::new(Vec::new()),
         }
     }
 
@@ -51,17 +73,52 @@ impl Shared {
             geometry,
             writes_allowed: AtomicBool::new(false),
             hydrating: AtomicBool::new(false),
-            user_ios: AtomicU64::new(0),
+            counters: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Whether routing threads should count their user I/Os now (background
+    /// hydration runs and yields to them).
+    #[inline]
+    pub fn counting(&self) -> bool {
+        self.hydrating.load(Ordering::Relaxed)
+    }
+
+    /// The engine turns counting on while background hydration runs (tests
+    /// and benchmarks may too).
+    pub fn set_counting(&self, on: bool) {
+        self.hydrating.store(on, Ordering::Relaxed);
+    }
+
+    /// The routing decision, counted on this thread's counter while the
+    /// engine wants user I/O counted: what the SPDK I/O path calls.
+    #[inline]
+    pub fn route_counted(&self, io: &UserIo, counter: &IoCounter) -> Route {
+        if self.counting() {
+            counter.note();
+        }
+        self.route(io)
+    }
+
+    /// A counter for one routing thread; dropped with its last other holder.
+    pub fn io_counter(&self) -> Arc<IoCounter> {
+        let c = Arc::new(IoCounter::default());
+        self.counters.lock().unwrap().push(c.clone());
+        c
+    }
+
+    /// User I/Os counted by all routing threads (goes down when a thread's
+    /// counter goes away: only changes matter).
+    pub(super) fn user_ios(&self) -> u64 {
+        let mut counters = self.counters.lock().unwrap();
+        counters.retain(|c| Arc::strong_count(c) > 1);
+        counters.iter().map(|c| c.get()).sum()
     }
 
     /// The routing decision for one user I/O; the same rule serves the
     /// engine's own submit and the SPDK fast path.
     #[inline]
     pub fn route(&self, io: &UserIo) -> Route {
-        if self.hydrating.load(Ordering::Relaxed) {
-            self.user_ios.fetch_add(1, Ordering::Relaxed);
-        }
         let g = &self.geometry;
         if !g.in_bounds(io.offset_blocks, io.num_blocks) {
             return Route::Reject(IoError::Invalid);

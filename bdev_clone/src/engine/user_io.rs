@@ -50,6 +50,9 @@ impl<B: Backend> Engine<B> {
             self.complete_user(io.id, Err(IoError::NoDevice));
             return;
         }
+        if self.shared.counting() {
+            self.user_ios += 1;
+        }
         match self.shared.route(&io) {
             Route::Reject(e) => self.complete_user(io.id, Err(e)),
             Route::Dest => self.submit_user_passthrough(io, Dev::Dest),
