@@ -11,7 +11,8 @@ use serde_json::Value;
 pub const MAX_THRESHOLD: u32 = 4096;
 pub const MAX_BATCH: u32 = 1024;
 pub const MAX_COMMIT_INTERVAL_MS: u64 = 3_600_000;
-pub const MAX_NAME_LEN: usize = 255;
+/// The superblock stores the clone's name (see `metadata::CLONE_NAME_LEN`).
+pub const MAX_NAME_LEN: usize = crate::metadata::CLONE_NAME_LEN;
 
 /// `bdev_clone_create`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -170,6 +170,8 @@ pub fn plan(p: &CreateParams, f: &Facts) -> Result<CreatePlan, Refusal> {
     open.page_size = DEFAULT_PAGE_SIZE.max(meta.block_size);
     open.format = p.format;
     open.uuid = uuid;
+    open.require_uuid = p.uuid.is_some();
+    open.name = p.name.clone();
     if released {
         open.source = None;
     } else {

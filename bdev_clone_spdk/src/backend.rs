@@ -105,11 +105,19 @@ impl SpdkBackend {
     }
 
     /// Submits again the requests SPDK had no bdev_io for.
-    pub(crate) fn resubmit_retries(&mut self) {
+    /// Submits again what SPDK had no bdev_io for; true when there was any.
+    pub(crate) fn resubmit_retries(&mut self) -> bool {
         let retries: Vec<_> = self.retry.drain(..).collect();
+        let any = !retries.is_empty();
         for (id, dev, op) in retries {
             self.submit(id, dev, op);
         }
+        any
+    }
+
+    /// Requests wait for SPDK to have bdev_ios again (the poller retries).
+    pub(crate) fn has_retries(&self) -> bool {
+        !self.retry.is_empty()
     }
 
     /// Closes one base bdev (the source, once released).
@@ -142,11 +150,12 @@ unsafe extern "C" fn engine_req_done(
         let ctx = unsafe { Box::from_raw(ctx as *mut ReqCtx) };
         // SAFETY: the child bdev_io is ours to free, once.
         unsafe { sys::spdk_bdev_free_io(child) };
-        // SAFETY: the clone outlives its requests (teardown waits for idle).
-        let clone = unsafe { &mut *ctx.clone };
         let result = if success { Ok(()) } else { Err(IoError::Io) };
-        clone.engine_mut().complete(ctx.id, result);
-        clone.after_engine();
+        // The clone outlives its requests (teardown waits for idle).
+        CloneBdev::guarded(ctx.clone, "engine_req_done", |c| {
+            c.engine_mut().complete(ctx.id, result);
+            c.after_engine();
+        });
     })
 }
 

@@ -3,6 +3,7 @@
 
 use crate::ffi;
 use crate::vbdev::CloneBdev;
+use bdev_clone::engine::IoCounter;
 use bdev_clone::{Dev, Shared};
 use spdk_sys as sys;
 use std::ffi::{c_int, c_void};
@@ -39,6 +40,9 @@ pub(crate) struct Chan {
     pub(crate) dst_desc: *mut sys::spdk_bdev_desc,
     pub(crate) src: *mut sys::spdk_io_channel,
     pub(crate) dst: *mut sys::spdk_io_channel,
+    /// This thread's count of user I/O (an `Arc` from `Shared::io_counter`,
+    /// held as a raw pointer in SPDK's channel memory).
+    pub(crate) counter: *const IoCounter,
 }
 
 pub(crate) unsafe extern "C" fn chan_create(io_device: *mut c_void, ctx: *mut c_void) -> c_int {
@@ -60,9 +64,13 @@ pub(crate) unsafe extern "C" fn chan_create(io_device: *mut c_void, ctx: *mut c_
             };
             chan.dst = sys::spdk_bdev_get_io_channel(chan.dst_desc);
             if chan.dst.is_null() {
+                if !chan.src.is_null() {
+                    sys::spdk_put_io_channel(chan.src);
+                }
                 Arc::decrement_strong_count(dev);
                 return -libc::ENOMEM;
             }
+            chan.counter = Arc::into_raw(d.shared.io_counter());
         }
         0
     })
@@ -77,6 +85,7 @@ pub(crate) unsafe extern "C" fn chan_destroy(_io_device: *mut c_void, ctx: *mut 
                 sys::spdk_put_io_channel(chan.src);
             }
             sys::spdk_put_io_channel(chan.dst);
+            drop(Arc::from_raw(chan.counter));
             Arc::decrement_strong_count(chan.dev);
         }
     })

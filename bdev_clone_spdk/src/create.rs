@@ -153,6 +153,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         // SAFETY: called on an SPDK thread (the RPC thread).
         thread: unsafe { sys::spdk_get_thread() },
         poller: null_mut(),
+        poller_paused: false,
         uuid,
         registered: false,
         unregistering: false,

@@ -9,21 +9,23 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// Runs `f`; a panic is logged and turned into `default` instead of
 /// unwinding into C (undefined behaviour).
 pub fn guard<T>(what: &str, default: T, f: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(v) => v,
-        Err(e) => {
-            let msg = e
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| e.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            log(
-                sys::SPDK_LOG_ERROR,
-                &format!("bdev_clone: panic in {what}: {msg}"),
-            );
-            default
-        }
-    }
+    catch(what, f).unwrap_or(default)
+}
+
+/// Runs `f`; a panic is logged and returned as its message.
+pub fn catch<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|e| {
+        let msg = e
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| e.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log(
+            sys::SPDK_LOG_ERROR,
+            &format!("bdev_clone: panic in {what}: {msg}"),
+        );
+        format!("panic in {what}: {msg}")
+    })
 }
 
 pub fn log(level: sys::spdk_log_level, msg: &str) {

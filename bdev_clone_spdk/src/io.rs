@@ -154,10 +154,11 @@ unsafe extern "C" fn engine_msg(arg: *mut c_void) {
     ffi::guard("engine_msg", (), || {
         // SAFETY: boxed by route for this message, freed here once.
         let m = unsafe { Box::from_raw(arg as *mut EngineMsg) };
-        // SAFETY: the clone is alive while it has I/O, and this is its thread.
-        let c = unsafe { &mut *m.clone };
-        c.engine_mut().submit(m.io);
-        c.after_engine();
+        // The clone is alive while it has I/O, and this is its thread.
+        CloneBdev::guarded(m.clone, "engine_msg", |c| {
+            c.engine_mut().submit(m.io);
+            c.after_engine();
+        });
     })
 }
 
@@ -172,7 +173,9 @@ fn route(ch: *mut sys::spdk_io_channel, bdev_io: *mut sys::spdk_bdev_io) {
         complete_bdev_io(bdev_io, false);
         return;
     };
-    let (desc, ch) = match dev.shared.route(&io) {
+    // SAFETY: chan_create set the counter; it lives as long as the channel.
+    let counter = unsafe { &*chan.counter };
+    let (desc, ch) = match dev.shared.route_counted(&io, counter) {
         Route::Dest => (chan.dst_desc, chan.dst),
         Route::Source if !chan.src.is_null() => (chan.src_desc, chan.src),
         Route::Source | Route::Reject(_) => return complete_bdev_io(bdev_io, false),
@@ -181,9 +184,10 @@ fn route(ch: *mut sys::spdk_io_channel, bdev_io: *mut sys::spdk_bdev_io) {
             // threads send it a boxed message.
             unsafe {
                 if sys::spdk_get_thread() == dev.thread {
-                    let c = &mut *dev.clone;
-                    c.engine_mut().submit(io);
-                    c.after_engine();
+                    CloneBdev::guarded(dev.clone, "submit", |c| {
+                        c.engine_mut().submit(io);
+                        c.after_engine();
+                    });
                 } else {
                     let m = Box::into_raw(Box::new(EngineMsg {
                         clone: dev.clone,

@@ -34,6 +34,8 @@ pub struct CloneBdev {
     pub(crate) engine: Option<Engine<SpdkBackend>>,
     pub(crate) thread: *mut sys::spdk_thread,
     pub(crate) poller: *mut sys::spdk_poller,
+    /// The poller is paused while the engine wants no polling.
+    pub(crate) poller_paused: bool,
     pub(crate) uuid: sys::spdk_uuid,
     pub(crate) registered: bool,
     pub(crate) unregistering: bool,
@@ -59,10 +61,12 @@ pub(crate) static FN_TABLE: sys::spdk_bdev_fn_table = {
 unsafe extern "C" fn fn_destruct(ctx: *mut c_void) -> c_int {
     ffi::guard("destruct", 0, || {
         // SAFETY: ctxt is the IoDevice; destruct runs on the clone thread.
-        let c = unsafe { &mut *(*(ctx as *const IoDevice)).clone };
-        c.unregistering = true;
-        c.engine_mut().shutdown();
-        c.after_engine();
+        let c = unsafe { (*(ctx as *const IoDevice)).clone };
+        CloneBdev::guarded(c, "destruct", |c| {
+            c.unregistering = true;
+            c.engine_mut().shutdown();
+            c.after_engine();
+        });
         1 // finished by spdk_bdev_destruct_done in io_device_gone
     })
 }
@@ -85,14 +89,20 @@ pub(crate) unsafe extern "C" fn io_device_gone(arg: *mut c_void) {
 }
 
 pub(crate) unsafe extern "C" fn clone_poll(arg: *mut c_void) -> c_int {
-    ffi::guard("clone_poll", 0, || {
-        // SAFETY: the poller's arg is the live clone; unregistered before free.
-        let c = unsafe { &mut *(arg as *mut CloneBdev) };
-        let e = c.engine_mut();
-        e.backend_mut().resubmit_retries();
-        e.poll();
-        c.after_engine();
-        sys::SPDK_POLLER_BUSY as c_int
+    ffi::guard("clone_poll", sys::SPDK_POLLER_IDLE as c_int, || {
+        let mut busy = false;
+        // The poller's arg is the live clone; unregistered before free.
+        CloneBdev::guarded(arg as *mut CloneBdev, "clone_poll", |c| {
+            let e = c.engine_mut();
+            busy = e.backend_mut().resubmit_retries();
+            busy |= e.poll();
+            c.after_engine();
+        });
+        if busy {
+            sys::SPDK_POLLER_BUSY as c_int
+        } else {
+            sys::SPDK_POLLER_IDLE as c_int
+        }
     })
 }
 
@@ -105,8 +115,33 @@ impl CloneBdev {
         self.engine.as_ref().expect("engine")
     }
 
+    /// Runs `f` on the clone, on its thread. A panic inside is the panic
+    /// policy's case (README, "When something panics"): the clone goes to
+    /// `failed` with the panic message as its error, every user I/O and RPC
+    /// it holds is answered with an error, and the target carries on.
+    pub(crate) fn guarded(clone: *mut CloneBdev, what: &str, f: impl FnOnce(&mut CloneBdev)) {
+        // SAFETY: callers pass a live clone on its own thread.
+        if let Err(msg) = ffi::catch(what, || f(unsafe { &mut *clone })) {
+            // SAFETY: as above; the clone is freed only by io_device_gone
+            // or free_unregistered, neither of which panics half-way.
+            let _ = ffi::catch("after a panic", || unsafe { &mut *clone }.after_panic(&msg));
+        }
+    }
+
+    fn after_panic(&mut self, msg: &str) {
+        ffi::error(&format!(
+            "bdev_clone {}: failed after an internal error: {msg}",
+            self.params.name
+        ));
+        if let Some(e) = self.engine.as_mut() {
+            e.abort_after_panic(msg);
+        }
+        self.after_engine();
+    }
+
     /// Delivers what the engine queued (immediate failures, notices) until
-    /// nothing is left. Called after every call into the engine.
+    /// nothing is left, then pauses or resumes the poller as the engine
+    /// wants. Called after every call into the engine.
     pub(crate) fn after_engine(&mut self) {
         loop {
             if let Some((id, r)) = self.engine_mut().backend_mut().pop_deferred() {
@@ -119,7 +154,29 @@ impl CloneBdev {
                         return; // the clone is gone
                     }
                 }
-                None => return,
+                None => break,
+            }
+        }
+        self.update_poller();
+    }
+
+    /// An idle clone costs nothing: its poller is paused while the engine
+    /// has nothing that needs time to pass, and resumed by the next call
+    /// into the engine that gives it some (SPDK allows both from the
+    /// poller's own callback).
+    fn update_poller(&mut self) {
+        if self.poller.is_null() {
+            return;
+        }
+        let wants = self.engine().wants_poll() || self.engine().backend().has_retries();
+        // SAFETY: our poller, on its own thread.
+        unsafe {
+            if wants && self.poller_paused {
+                sys::spdk_poller_resume(self.poller);
+                self.poller_paused = false;
+            } else if !wants && !self.poller_paused {
+                sys::spdk_poller_pause(self.poller);
+                self.poller_paused = true;
             }
         }
     }
@@ -139,6 +196,9 @@ impl CloneBdev {
                     info.regions_hydrated,
                     info.geometry.region_count
                 ));
+                // Identity: the UUID the superblock holds (the one asked
+                // for, or the one this clone was formatted with).
+                self.uuid.u.raw = info.uuid;
                 if let Err((errno, msg)) = self.register(info.geometry) {
                     if let Some(r) = self.create_req.take() {
                         r.err(errno, &msg);

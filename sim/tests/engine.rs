@@ -777,3 +777,46 @@ fn idle_clone_wants_no_poll() {
     h.engine.set_settings(s);
     assert!(h.engine.wants_poll());
 }
+
+/// Identity: a clone re-opened over its metadata keeps its UUID, name and
+/// settings in the superblock; a different UUID asked for is refused.
+#[test]
+fn uuid_and_settings_live_in_the_superblock() {
+    let blocks = 256;
+    let devs = devices(blocks, blocks, meta_bytes_for(blocks / 8 + 1) + 4096);
+    let mut p = params_for(&devs, RS);
+    p.uuid = [0x11; 16];
+    p.name = "clone0".into();
+    p.settings.hydration_threshold = 7;
+    let (mut h, r) = Harness::open(devs, p.clone());
+    assert_eq!(r.expect("format").uuid, [0x11; 16]);
+    // A settings change reaches the superblock at the next commit.
+    let mut s = h.engine.settings().clone();
+    s.max_bandwidth_mb_sec = 123;
+    h.engine.set_settings(s.clone());
+    assert!(h.poll_until(3_000, |h| !h.engine.wants_poll()));
+    let devs = h.crash();
+    let mut area = vec![0u8; 8192];
+    devs[2].read(0, &mut area);
+    let decode = bdev_clone::metadata::Superblock::decode;
+    let sb = [decode(&area[..4096]), decode(&area[4096..])]
+        .into_iter()
+        .flatten()
+        .max_by_key(|sb| sb.seq)
+        .expect("a superblock");
+    assert_eq!(sb.name, "clone0");
+    assert_eq!(sb.settings.as_ref(), Some(&s));
+    // Re-opened without asking for a UUID: the stored one.
+    let mut again = p.clone();
+    again.uuid = [0x22; 16];
+    let (h, r) = Harness::open(devs, again.clone());
+    assert_eq!(r.expect("resume").uuid, [0x11; 16]);
+    // Asking for another one is refused.
+    let devs = h.crash();
+    again.require_uuid = true;
+    let (_, r) = Harness::open(devs, again);
+    match r {
+        Err(OpenError::Mismatch(m)) => assert!(m.contains("11111111-1111"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

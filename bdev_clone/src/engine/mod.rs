@@ -179,6 +179,8 @@ pub struct Engine<B: Backend> {
     backend: B,
     shared: Arc<Shared>,
     settings: Settings,
+    /// The clone's name, as the superblock stores it.
+    name: String,
     meta: Metadata,
     buffers: Buffers,
     /// Regions whose bit is set in memory (kept as bits flip: nothing per
@@ -241,6 +243,7 @@ impl<B: Backend> Engine<B> {
                 s
             }),
             settings: params.settings.clone(),
+            name: params.name.clone(),
             meta: Metadata::empty(params.meta.block_size),
             buffers: Buffers::new(params.buffer_cap),
             hydrated: 0,
@@ -351,6 +354,9 @@ impl<B: Backend> Engine<B> {
     pub fn set_settings(&mut self, settings: Settings) {
         self.tick_hydration_clock();
         self.settings = settings;
+        if self.opening.is_none() && self.writable() {
+            self.meta.set_identity(&self.name, &self.settings);
+        }
         if matches!(self.state, CloneState::Hydrating | CloneState::Paused) {
             self.state = if self.settings.hydration_enabled {
                 CloneState::Hydrating
@@ -595,7 +601,7 @@ impl<B: Backend> Engine<B> {
             self.copy_backlog.pop_front();
         }
         let now = self.backend.now_ns();
-        if self.meta.has_dirty_pages()
+        if self.meta.has_changes()
             && now.saturating_sub(self.last_commit_ns)
                 >= self.settings.commit_interval_ms * 1_000_000
         {
@@ -645,7 +651,7 @@ impl<B: Backend> Engine<B> {
             || self.stopping
             || self.commit_wanted
             || !self.copy_backlog.is_empty()
-            || self.meta.has_changes()
+            || (self.meta.has_changes() && self.writable())
             || self.meta.commit_in_flight()
             || self.buffers.stats().kept > 0
     }
@@ -725,6 +731,9 @@ impl<B: Backend> Engine<B> {
         self.hydrated = hydrated;
         let released = self.meta.source_released();
         self.shared.writes_allowed.store(true, Ordering::Release);
+        // A clone resumed under another name or with other settings stores
+        // them at its next commit.
+        self.meta.set_identity(&self.name, &self.settings);
         self.tick_hydration_clock();
         self.state = if released {
             CloneState::SourceReleased

@@ -18,15 +18,27 @@
 //! Pages carry the format's random `nonce`, so pages left by an earlier format
 //! of the same device are never taken for this one's.
 
+use crate::engine::Settings;
 use crate::geometry::Geometry;
 use std::fmt;
 
 pub const SB_MAGIC: [u8; 8] = *b"BDVCLONE";
-pub const SB_VERSION: u32 = 1;
+/// Version 2 adds the clone's name and settings (so that a clone can be
+/// assembled from its metadata alone); version 1 is still read.
+pub const SB_VERSION: u32 = 2;
 /// Bytes of a superblock slot (rounded up to the metadata block size).
 pub const SB_AREA: u64 = 4096;
 /// Encoded superblock length, CRC included.
-pub const SB_LEN: usize = 260;
+pub const SB_LEN: usize = SB_LEN_V1 - 4 + CLONE_NAME_LEN + SETTINGS_LEN + 4;
+/// Length of a version-1 superblock.
+pub const SB_LEN_V1: usize = 260;
+/// Bytes of the clone's name: the longest clone name accepted, so that a
+/// superblock fits one 512-byte sector (a commit writes one sector).
+pub const CLONE_NAME_LEN: usize = 208;
+const SETTINGS_LEN: usize = 40;
+const _: () = assert!(SB_LEN <= 512);
+const SETTING_HYDRATION_ENABLED: u32 = 1;
+const SETTING_DISCARD_PASSDOWN: u32 = 2;
 pub const PAGE_MAGIC: u32 = 0x5043_4442; // "BDCP"
 pub const PAGE_HEADER: usize = 32;
 pub const DEFAULT_PAGE_SIZE: u32 = 4096;
@@ -98,6 +110,9 @@ pub struct Superblock {
     pub dest_id: [u8; 16],
     pub source_name: String,
     pub dest_name: String,
+    /// The clone's name and settings (empty and None in version 1).
+    pub name: String,
+    pub settings: Option<Settings>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,8 +154,11 @@ impl Writer<'_> {
         self.put(&v.to_le_bytes())
     }
     fn name(&mut self, s: &str) {
-        let mut field = [0u8; NAME_LEN];
-        let b = truncate_utf8(s, NAME_LEN).as_bytes();
+        self.text::<NAME_LEN>(s)
+    }
+    fn text<const N: usize>(&mut self, s: &str) {
+        let mut field = [0u8; N];
+        let b = truncate_utf8(s, N).as_bytes();
         field[..b.len()].copy_from_slice(b);
         self.put(&field)
     }
@@ -163,8 +181,11 @@ impl Reader<'_> {
         u64::from_le_bytes(self.take())
     }
     fn name(&mut self) -> String {
-        let raw: [u8; NAME_LEN] = self.take();
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+        self.text::<NAME_LEN>()
+    }
+    fn text<const N: usize>(&mut self) -> String {
+        let raw: [u8; N] = self.take();
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(N);
         String::from_utf8_lossy(&raw[..end]).into_owned()
     }
 }
@@ -201,6 +222,28 @@ impl Superblock {
         w.put(&self.dest_id);
         w.name(&self.source_name);
         w.name(&self.dest_name);
+        w.text::<CLONE_NAME_LEN>(&self.name);
+        let s = self.settings.clone().unwrap_or_default();
+        let stored = u32::from(self.settings.is_some()) << 31;
+        w.u32(
+            stored
+                | if s.hydration_enabled {
+                    SETTING_HYDRATION_ENABLED
+                } else {
+                    0
+                }
+                | if s.discard_passdown {
+                    SETTING_DISCARD_PASSDOWN
+                } else {
+                    0
+                },
+        );
+        w.u32(s.hydration_threshold);
+        w.u32(s.hydration_batch_size);
+        w.u32(0); // reserved
+        w.u64(s.max_bandwidth_mb_sec);
+        w.u64(s.max_bandwidth_busy_mb_sec);
+        w.u64(s.commit_interval_ms);
         debug_assert_eq!(w.at, SB_LEN - 4);
         let crc = crc32c::crc32c(&w.buf[..SB_LEN - 4]);
         w.u32(crc);
@@ -208,25 +251,30 @@ impl Superblock {
 
     /// Decodes and validates a superblock. Never panics on any input.
     pub fn decode(buf: &[u8]) -> Result<Superblock, SbError> {
-        if buf.len() < SB_LEN {
+        if buf.len() < SB_LEN_V1 {
             return Err(SbError::BadField("length"));
         }
-        if buf[..SB_LEN].iter().all(|&b| b == 0) {
+        if buf[..SB_LEN_V1].iter().all(|&b| b == 0) {
             return Err(SbError::Blank);
         }
         if buf[..8] != SB_MAGIC {
             return Err(SbError::Foreign);
         }
-        let stored = u32::from_le_bytes(buf[SB_LEN - 4..SB_LEN].try_into().unwrap());
-        if crc32c::crc32c(&buf[..SB_LEN - 4]) != stored {
+        let version = u32::from_le_bytes(buf[8..12].try_into().unwrap());
+        let len = match version {
+            1 => SB_LEN_V1,
+            SB_VERSION => SB_LEN,
+            v => return Err(SbError::UnsupportedVersion(v)),
+        };
+        if buf.len() < len {
+            return Err(SbError::BadField("length"));
+        }
+        let stored = u32::from_le_bytes(buf[len - 4..len].try_into().unwrap());
+        if crc32c::crc32c(&buf[..len - 4]) != stored {
             return Err(SbError::BadChecksum);
         }
-        let mut r = Reader { buf, at: 8 };
-        let version = r.u32();
-        if version != SB_VERSION {
-            return Err(SbError::UnsupportedVersion(version));
-        }
-        let sb = Superblock {
+        let mut r = Reader { buf, at: 12 };
+        let mut sb = Superblock {
             flags: r.u32(),
             uuid: r.take(),
             nonce: r.u64(),
@@ -243,7 +291,26 @@ impl Superblock {
             dest_id: r.take(),
             source_name: r.name(),
             dest_name: r.name(),
+            name: String::new(),
+            settings: None,
         };
+        if version >= 2 {
+            sb.name = r.text::<CLONE_NAME_LEN>();
+            let flags = r.u32();
+            let s = Settings {
+                hydration_enabled: flags & SETTING_HYDRATION_ENABLED != 0,
+                discard_passdown: flags & SETTING_DISCARD_PASSDOWN != 0,
+                hydration_threshold: r.u32(),
+                hydration_batch_size: r.u32(),
+                max_bandwidth_mb_sec: {
+                    let _reserved = r.u32();
+                    r.u64()
+                },
+                max_bandwidth_busy_mb_sec: r.u64(),
+                commit_interval_ms: r.u64(),
+            };
+            sb.settings = (flags >> 31 == 1).then_some(s);
+        }
         sb.validate()?;
         Ok(sb)
     }
@@ -313,6 +380,8 @@ impl Superblock {
             dest_id: [0; 16],
             source_name: String::new(),
             dest_name: String::new(),
+            name: String::new(),
+            settings: None,
         }
     }
 }
@@ -382,6 +451,8 @@ mod tests {
             dest_id: [2; 16],
             source_name: "Nvme0n1".into(),
             dest_name: "Malloc0".into(),
+            name: "clone0".into(),
+            settings: Some(Settings::default()),
         }
     }
 
@@ -395,6 +466,25 @@ mod tests {
         assert_eq!(l.total_bytes(), 8192 + 8 * 4096);
         let l = Layout::new(8192, 8192, 1);
         assert_eq!(l.sb_area, 8192);
+    }
+
+    #[test]
+    fn version_1_superblocks_still_load() {
+        // A version-1 superblock: the same first fields, the CRC right after.
+        let mut buf = vec![0u8; 512];
+        sample_sb().encode(&mut buf);
+        buf[8..12].copy_from_slice(&1u32.to_le_bytes());
+        buf[SB_LEN_V1 - 4..].fill(0);
+        let crc = crc32c::crc32c(&buf[..SB_LEN_V1 - 4]);
+        buf[SB_LEN_V1 - 4..SB_LEN_V1].copy_from_slice(&crc.to_le_bytes());
+        let sb = Superblock::decode(&buf).expect("version 1 decodes");
+        assert_eq!(sb.name, "");
+        assert_eq!(sb.settings, None);
+        assert_eq!(sb.source_name, "Nvme0n1");
+        // Version 2 keeps the name and settings.
+        let mut buf = vec![0u8; 512];
+        sample_sb().encode(&mut buf);
+        assert_eq!(Superblock::decode(&buf), Ok(sample_sb()));
     }
 
     #[test]

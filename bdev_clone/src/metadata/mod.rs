@@ -110,6 +110,17 @@ impl Metadata {
         self.sb_dirty = true;
     }
 
+    /// The clone's name and settings as the superblock should store them;
+    /// written at the next commit when they changed.
+    pub fn set_identity(&mut self, name: &str, settings: &crate::engine::Settings) {
+        let t = &mut self.sb_template;
+        if t.name != name || t.settings.as_ref() != Some(settings) {
+            t.name = name.to_string();
+            t.settings = Some(settings.clone());
+            self.sb_dirty = true;
+        }
+    }
+
     pub fn source_released(&self) -> bool {
         self.flags & FLAG_SOURCE_RELEASED != 0
     }

@@ -32,7 +32,14 @@ pub struct OpenParams {
     pub page_size: u32,
     /// Replace metadata that belongs to other devices or is corrupt.
     pub format: bool,
+    /// The clone's UUID when formatting (the stored one is kept when
+    /// resuming).
     pub uuid: [u8; 16],
+    /// `uuid` was asked for: refuse metadata of a clone with another UUID.
+    pub require_uuid: bool,
+    /// The clone's name, stored with its settings so that it can be
+    /// assembled from the metadata alone.
+    pub name: String,
     /// Random per format; keeps pages of earlier formats out.
     pub nonce: u64,
     /// Host identities of the devices (bdev UUIDs); all-zero = unknown.
@@ -55,6 +62,8 @@ impl OpenParams {
             page_size: DEFAULT_PAGE_SIZE,
             format: false,
             uuid: [0; 16],
+            require_uuid: false,
+            name: String::new(),
             nonce,
             source_id: [0; 16],
             dest_id: [0; 16],
@@ -449,6 +458,8 @@ impl Opener {
             dest_id: p.dest_id,
             source_name: p.source_name.clone(),
             dest_name: p.dest_name.clone(),
+            name: p.name.clone(),
+            settings: Some(p.settings.clone()),
         };
         let page_size = p.page_size;
         self.setup(geometry, page_size, sb.clone());
@@ -633,6 +644,13 @@ fn check_compatible(p: &OpenParams, sb: &Superblock) -> Result<(), OpenError> {
             sb.dest_name, p.dest_name
         ));
     }
+    if p.require_uuid && p.uuid != sb.uuid {
+        return mismatch(format!(
+            "metadata belongs to the clone with UUID {}, not {} (omit uuid to keep the stored one)",
+            uuid_text(&sb.uuid),
+            uuid_text(&p.uuid)
+        ));
+    }
     if let Some(rs) = p.region_size {
         if rs != sb.region_size {
             return mismatch(format!(
@@ -669,4 +687,17 @@ fn check_buffers(p: &OpenParams, region_size: u32, layout: &Layout) -> Result<()
         });
     }
     Ok(())
+}
+
+/// A UUID in its usual text form.
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
