@@ -36,6 +36,7 @@ impl CloneBdev {
             "hydration_errors": s.stats.hydration_errors,
             "commits": s.stats.commits,
             "metadata_bytes_written": s.stats.meta_bytes_written,
+            "memory_bytes": self.engine().memory_bytes(),
             "destination_write_cache": self.dest_write_cache,
             "destination_flush_sent": self.dest_flush_sent,
             "hydration_enabled": s.settings.hydration_enabled,
