@@ -10,9 +10,11 @@
 //! clone, whether the devices are those the metadata belongs to, whether it
 //! is large enough) is the engine's, at open.
 
+use crate::buffers::{class_of, DEFAULT_CAP};
 use crate::geometry::{DeviceInfo, Geometry, GeometryError, MAX_REGION_SIZE};
 use crate::io::Dev;
-use crate::metadata::DEFAULT_PAGE_SIZE;
+use crate::metadata::commit::reserve_for;
+use crate::metadata::{Layout, DEFAULT_PAGE_SIZE};
 use crate::params::CreateParams;
 use crate::{OpenError, OpenParams};
 
@@ -163,11 +165,27 @@ pub fn plan(p: &CreateParams, f: &Facts) -> Result<CreatePlan, Refusal> {
     // checks everything else.
     Geometry::new(src, dst, region_size.unwrap_or(src.block_size))
         .map_err(|e| geometry_refusal(p, e))?;
+    // One region's copy must fit what the buffer cap leaves to copies, or
+    // the first partial write into it would wait forever.
+    let page_size = DEFAULT_PAGE_SIZE.max(meta.block_size);
+    if let Some(rs) = region_size {
+        let copy_budget = DEFAULT_CAP - reserve_for(&Layout::new(meta.block_size, page_size, 0));
+        if class_of(rs as usize) > copy_budget {
+            return Err(einval(format!(
+                "region_size_kb {} needs {} KiB copy buffers, more than the {} KiB a clone's \
+                 buffer cap leaves to copies; use a region_size_kb of at most {}",
+                rs / 1024,
+                class_of(rs as usize) / 1024,
+                copy_budget / 1024,
+                (copy_budget + 1).next_power_of_two() / 2 / 1024
+            )));
+        }
+    }
 
     let discard_passdown = !p.no_discard_passdown && f.dest.unmap_supported;
     let mut open = OpenParams::new(src, dst, meta, f.nonce);
     open.region_size = region_size;
-    open.page_size = DEFAULT_PAGE_SIZE.max(meta.block_size);
+    open.page_size = page_size;
     open.format = p.format;
     open.uuid = uuid;
     open.require_uuid = p.uuid.is_some();
@@ -238,9 +256,12 @@ pub fn bases_ready(p: &CreateParams, exists: impl Fn(&str) -> bool) -> bool {
 
 /// The errno a create answers when the engine could not open the clone.
 pub fn open_errno(e: &OpenError) -> i32 {
+    // RegionTooLarge, Mismatch, Corrupt, ...: the parameters or the metadata
+    // do not fit; Internal: a panic was caught (README, panic policy).
     match e {
         OpenError::MetaTooSmall { .. } => libc::ENOSPC,
-        OpenError::Io(..) => libc::EIO,
+        OpenError::Io(..) | OpenError::Internal(_) => libc::EIO,
+        OpenError::NoMemory => libc::ENOMEM,
         _ => libc::EINVAL,
     }
 }
@@ -353,6 +374,33 @@ mod tests {
             Settings::default().hydration_batch_size
         );
         assert!(!plan.dest_write_cache && plan.dest_flush_sent);
+    }
+
+    #[test]
+    fn a_region_whose_copy_cannot_get_a_buffer_is_refused() {
+        let mut f = facts();
+        f.source.num_blocks = 1 << 20;
+        f.dest.num_blocks = 1 << 20;
+        let (errno, msg) = refused(json!({"region_size_kb": 65536}), &f);
+        assert_eq!(errno, libc::EINVAL);
+        assert!(
+            msg.starts_with("region_size_kb 65536 needs 65536 KiB copy buffers")
+                && msg.ends_with("at most 32768"),
+            "{msg}"
+        );
+        // The largest it names is accepted.
+        let p = params(json!({"region_size_kb": 32768}));
+        assert!(plan(&p, &f).is_ok());
+    }
+
+    #[test]
+    fn require_uuid_only_when_one_is_asked_for() {
+        let p = params(json!({}));
+        assert!(!plan(&p, &facts()).unwrap().open.require_uuid);
+        let p = params(json!({"uuid": "01234567-89ab-cdef-0123-456789abcdef"}));
+        let o = plan(&p, &facts()).unwrap().open;
+        assert!(o.require_uuid);
+        assert_eq!(o.name, "c");
     }
 
     #[test]

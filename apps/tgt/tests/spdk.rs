@@ -182,6 +182,13 @@ fn bad_rpc_calls_are_refused() {
             "region_size_kb",
         ),
         (
+            // A region whose copy could never get a buffer (issue 12).
+            "bdev_clone_create",
+            Some(with("region_size_kb", json!(65536))),
+            -22,
+            "needs 65536 KiB copy buffers",
+        ),
+        (
             "bdev_clone_create",
             Some(with("region_size_kb", json!(-4))),
             -22,
