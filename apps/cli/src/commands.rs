@@ -345,6 +345,7 @@ pub fn demo(o: &DemoOpts) -> Result<bool> {
         commit_interval_ms: 1000,
         format: false,
         direct: o.direct,
+        io: crate::hydrate::IoMode::Auto,
         progress: o.progress,
         progress_interval: Duration::from_secs(1),
     })?;

@@ -5,6 +5,7 @@
 use crate::backend::FileBackend;
 use crate::dev::{path_identity, FileDev, OpenHow};
 use crate::progress::{Progress, ProgressMode};
+use crate::uring::Uring;
 use anyhow::{anyhow, bail, Result};
 use bdev_clone::geometry::Geometry;
 use bdev_clone::metadata::{Layout, DEFAULT_PAGE_SIZE};
@@ -30,8 +31,20 @@ pub struct HydrateOpts {
     pub commit_interval_ms: u64,
     pub format: bool,
     pub direct: bool,
+    pub io: IoMode,
     pub progress: ProgressMode,
     pub progress_interval: Duration,
+}
+
+/// How requests reach the devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IoMode {
+    /// io_uring when the kernel offers it, else synchronous (with a note).
+    Auto,
+    /// io_uring, or fail.
+    Uring,
+    /// One synchronous pread/pwrite/fdatasync at a time.
+    Sync,
 }
 
 pub struct Outcome {
@@ -114,6 +127,19 @@ pub fn hydrate(o: &HydrateOpts) -> Result<Outcome> {
             source.size
         );
     }
+    let uring = match o.io {
+        IoMode::Sync => None,
+        IoMode::Uring => Some(Uring::new().map_err(|e| anyhow!("io_uring is not available: {e}"))?),
+        IoMode::Auto => match Uring::new() {
+            Ok(u) => Some(u),
+            Err(e) => {
+                eprintln!(
+                    "bdev-clone: note: io_uring is not available ({e}); using synchronous I/O"
+                );
+                None
+            }
+        },
+    };
     let region_size = o.region_size.unwrap_or(DEFAULT_REGION_SIZE);
     let geometry =
         Geometry::new(source.info(), dest.info(), region_size).map_err(|e| anyhow!("{e}"))?;
@@ -209,7 +235,7 @@ pub fn hydrate(o: &HydrateOpts) -> Result<Outcome> {
     // Enough for every copy in flight plus the metadata's reserve.
     let copy_bytes = o.threshold.max(1) as usize * o.batch.max(1) as usize * region_size as usize;
     params.buffer_cap = (copy_bytes + (4 << 20)).max(bdev_clone::buffers::DEFAULT_CAP);
-    let backend = FileBackend::new(source, dest, meta);
+    let backend = FileBackend::new(source, dest, meta, uring);
     install_signal_handlers();
     let started = Instant::now();
     let mut engine = Engine::open(backend, params);
@@ -220,6 +246,10 @@ pub fn hydrate(o: &HydrateOpts) -> Result<Outcome> {
     let mut failure: Option<String> = None;
     loop {
         let mut worked = false;
+        engine
+            .backend_mut()
+            .reap(false)
+            .map_err(|e| anyhow!("io_uring: {e}"))?;
         while let Some((id, r)) = engine.backend_mut().done.pop_front() {
             engine.complete(id, r);
             worked = true;
@@ -289,11 +319,18 @@ pub fn hydrate(o: &HydrateOpts) -> Result<Outcome> {
                 p.update(&engine.status());
             }
         }
-        engine.poll();
-        if !worked && engine.backend_mut().done.is_empty() {
-            // Nothing completed and nothing new was started: wait for the
-            // rate limiter or the commit timer.
-            std::thread::sleep(Duration::from_micros(500));
+        let started = engine.poll();
+        let b = engine.backend_mut();
+        if !worked && !started && b.done.is_empty() {
+            if b.in_flight() > 0 {
+                // Wait for the kernel to finish something (submits what the
+                // engine just queued first).
+                b.reap(true).map_err(|e| anyhow!("io_uring: {e}"))?;
+            } else {
+                // Nothing in flight: wait for the rate limiter or the commit
+                // timer.
+                std::thread::sleep(Duration::from_micros(500));
+            }
         }
     }
     let status = engine.status();

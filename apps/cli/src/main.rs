@@ -7,9 +7,10 @@ mod dev;
 mod hydrate;
 mod meta;
 mod progress;
+mod uring;
 
 use clap::{Parser, Subcommand};
-use hydrate::{HydrateOpts, Interrupted};
+use hydrate::{HydrateOpts, Interrupted, IoMode};
 use progress::ProgressMode;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +72,10 @@ enum Cmd {
         /// Use buffered I/O instead of O_DIRECT
         #[arg(long)]
         buffered: bool,
+        /// How requests reach the devices: io_uring (overlapped) when
+        /// available, or one synchronous call at a time
+        #[arg(long, value_enum, default_value_t = IoMode::Auto)]
+        io: IoMode,
 
         /// How to show progress
         #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
@@ -155,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commit_interval_ms,
             format,
             buffered,
+            io,
             progress,
             progress_interval,
         } => {
@@ -173,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commit_interval_ms,
                 format,
                 direct: !buffered,
+                io,
                 progress,
                 progress_interval: Duration::from_secs_f64(progress_interval),
             })?;

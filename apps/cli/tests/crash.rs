@@ -44,7 +44,7 @@ fn regions_hydrated(meta: &Path) -> Option<u64> {
 
 /// Runs `kills` hydrations killed with SIGKILL after a random delay each,
 /// checking the committed metadata against the devices after every kill, then
-/// one run to the end.
+/// one run to the end. `io`: the `--io` mode of every run.
 fn kill_resume_loop(
     rng: &mut fastrand::Rng,
     src: &Path,
@@ -52,6 +52,7 @@ fn kill_resume_loop(
     meta: &Path,
     kills: usize,
     rate_mib: u64,
+    io: &str,
 ) {
     let mut last = 0;
     for i in 0..kills {
@@ -64,7 +65,7 @@ fn kill_resume_loop(
                 "--commit-interval-ms",
                 "200",
             ])
-            .args(["--progress", "none"])
+            .args(["--progress", "none", "--io", io])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -116,6 +117,8 @@ fn kill_resume_loop(
         p(meta),
         "--progress",
         "lines",
+        "--io",
+        io,
     ]);
     assert!(o.status.success(), "final hydrate failed: {}", stderr(&o));
     assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
@@ -133,7 +136,8 @@ fn sigkill_during_hydration_then_resume_256mib() {
     write_pattern(&src, seed, size);
     std::fs::File::create(&dst).unwrap().set_len(size).unwrap();
     // ~4 s for the whole image at this rate: every kill lands mid-copy.
-    kill_resume_loop(&mut rng, &src, &dst, &meta, 6, 64);
+    // io_uring (as by default; `auto` would fall back silently).
+    kill_resume_loop(&mut rng, &src, &dst, &meta, 6, 64, "uring");
     assert!(
         same_prefix(&src, &dst, size),
         "destination differs from source"
@@ -167,7 +171,8 @@ fn sigkill_with_garbage_destination_trusts_nothing_unhydrated() {
         let all = std::fs::read(&dst).unwrap();
         all[size as usize..].to_vec()
     };
-    kill_resume_loop(&mut rng, &src, &dst, &meta, 5, 10);
+    // The synchronous path (what runs where io_uring is not available).
+    kill_resume_loop(&mut rng, &src, &dst, &meta, 5, 10, "sync");
     assert!(
         same_prefix(&src, &dst, size),
         "destination differs from source"
