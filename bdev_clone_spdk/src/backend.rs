@@ -66,6 +66,9 @@ pub struct SpdkBackend {
     retry: VecDeque<(ReqId, Dev, DevOp)>,
     notices: VecDeque<Notice>,
     ticks_hz: u64,
+    /// Requests submitted to SPDK whose callback has not run: the clone is
+    /// freed only when none is left, whatever the engine believes.
+    in_flight: u64,
 }
 
 impl SpdkBackend {
@@ -77,6 +80,7 @@ impl SpdkBackend {
             deferred: VecDeque::new(),
             retry: VecDeque::new(),
             notices: VecDeque::new(),
+            in_flight: 0,
             // SAFETY: a constant of the environment.
             ticks_hz: unsafe { sys::spdk_get_ticks_hz() }.max(1),
         }
@@ -115,6 +119,11 @@ impl SpdkBackend {
         any
     }
 
+    /// Requests submitted to SPDK and not yet called back.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight
+    }
+
     /// Requests wait for SPDK to have bdev_ios again (the poller retries).
     pub(crate) fn has_retries(&self) -> bool {
         !self.retry.is_empty()
@@ -151,11 +160,17 @@ unsafe extern "C" fn engine_req_done(
         // SAFETY: the child bdev_io is ours to free, once.
         unsafe { sys::spdk_bdev_free_io(child) };
         let result = if success { Ok(()) } else { Err(IoError::Io) };
-        // The clone outlives its requests (teardown waits for idle).
+        // The clone outlives its requests: teardown waits for in_flight to
+        // reach zero.
         CloneBdev::guarded(ctx.clone, "engine_req_done", |c| {
+            c.engine_mut().backend_mut().in_flight -= 1;
+            fail::fail_point!("engine_req_done");
             c.engine_mut().complete(ctx.id, result);
             c.after_engine();
         });
+        // SAFETY: as above; the clone is still allocated (freed only by
+        // io_device_gone, after a teardown that this may start).
+        unsafe { &mut *ctx.clone }.teardown_if_drained();
     })
 }
 
@@ -259,7 +274,9 @@ impl Backend for SpdkBackend {
                 DevOp::Reset => sys::spdk_bdev_reset(desc, ch, cb, ctx),
             }
         };
-        if rc != 0 {
+        if rc == 0 {
+            self.in_flight += 1;
+        } else {
             // SAFETY: the submit failed, so the callback will never free ctx.
             drop(unsafe { Box::from_raw(ctx as *mut ReqCtx) });
             if rc == -libc::ENOMEM {

@@ -154,6 +154,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         thread: unsafe { sys::spdk_get_thread() },
         poller: null_mut(),
         poller_paused: false,
+        teardown_pending: false,
         uuid,
         registered: false,
         unregistering: false,

@@ -30,7 +30,7 @@ impl CloneBdev {
             "percent": (s.percent() * 100.0).round() / 100.0,
             "rate_mb_sec": s.stats.rate_bytes_sec as f64 / (1024.0 * 1024.0),
             "eta_sec": s.eta_sec,
-            "hydration_seconds": (s.stats.hydration_ns / 1_000_000) as f64 / 1000.0,
+            "hydration_seconds": (s.stats.hydration_ns / 1_000) as f64 / 1e6,
             "state": s.state.as_str(),
             "error": s.error,
             "hydration_errors": s.stats.hydration_errors,

@@ -22,7 +22,13 @@ pub fn module() -> *mut sys::spdk_bdev_module {
 
 #[unsafe(no_mangle)]
 pub extern "C" fn bdev_clone_rs_module_init() -> c_int {
-    0
+    ffi::guard("module_init", -libc::EINVAL, || {
+        // Fail points come from FAILPOINTS in the environment (tests only:
+        // without the fault-injection feature this is empty).
+        #[cfg(feature = "fault-injection")]
+        std::mem::forget(fail::FailScenario::setup());
+        0
+    })
 }
 
 #[unsafe(no_mangle)]

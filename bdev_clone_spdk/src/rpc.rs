@@ -70,6 +70,7 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
             Ok(Some(Value::Array(out)))
         }
         Some(Method::SetHydration) => {
+            fail::fail_point!("rpc_set_hydration");
             let p: SetHydrationParams = decode(params).map_err(|m| (EINVAL, m))?;
             p.validate().map_err(|m| (EINVAL, m))?;
             let c = module::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;

@@ -36,6 +36,8 @@ pub struct CloneBdev {
     pub(crate) poller: *mut sys::spdk_poller,
     /// The poller is paused while the engine wants no polling.
     pub(crate) poller_paused: bool,
+    /// The engine stopped; teardown waits for SPDK's callbacks.
+    pub(crate) teardown_pending: bool,
     pub(crate) uuid: sys::spdk_uuid,
     pub(crate) registered: bool,
     pub(crate) unregistering: bool,
@@ -233,9 +235,26 @@ impl CloneBdev {
                 }
             }
             Notice::Stopped => {
-                self.teardown();
-                return true;
+                // Requests still with SPDK (only after a panic) keep the
+                // clone alive until their callbacks have run.
+                self.teardown_pending = true;
+                return self.teardown_if_drained();
             }
+        }
+        false
+    }
+
+    /// Tears down once stopped and nothing is left with SPDK; true when it
+    /// did (the clone is freed soon after: touch nothing more).
+    pub(crate) fn teardown_if_drained(&mut self) -> bool {
+        let drained = self
+            .engine
+            .as_ref()
+            .is_none_or(|e| e.backend().in_flight() == 0);
+        if self.teardown_pending && drained {
+            self.teardown_pending = false;
+            self.teardown();
+            return true;
         }
         false
     }

@@ -7,7 +7,6 @@ use std::path::Path;
 
 /// Entry points that need no guard, and why.
 const PANIC_FREE: &[(&str, &str)] = &[
-    ("bdev_clone_rs_module_init", "returns a constant"),
     ("bdev_clone_rs_module_fini", "empty"),
     ("bdev_clone_rs_get_ctx_size", "returns a constant"),
     (

@@ -218,6 +218,9 @@ pub struct Engine<B: Backend> {
     user_ios: u64,
     /// User I/Os completed by `abort_after_panic`: never completed again.
     aborted: HashSet<UserIoId>,
+    /// A panic was caught: the engine's own accounting may be off, so
+    /// stopping does not wait for it (the host waits for its requests).
+    panicked: bool,
     /// User I/O count at the last sample, and until when the clone counts as busy.
     busy_sample: (u64, u64),
 }
@@ -272,6 +275,7 @@ impl<B: Backend> Engine<B> {
             user_in_flight: 0,
             user_ios: 0,
             aborted: HashSet::new(),
+            panicked: false,
             busy_sample: (0, 0),
         };
         let (opener, progress) = Opener::start(params, &mut e.port());
@@ -528,9 +532,11 @@ impl<B: Backend> Engine<B> {
     /// `failed` with `msg` as its error, every user I/O it holds completes
     /// with an error now (later completions of requests sent for them are
     /// dropped), a pending release is answered, and new I/O is refused.
-    /// Requests already sent to devices still complete into the engine, so
-    /// `shutdown` (delete) finishes as usual.
+    /// Requests already sent to devices may still complete into the engine;
+    /// `shutdown` then stops without waiting for them, and the host must not
+    /// free what they reference until its own count of them is zero.
     pub fn abort_after_panic(&mut self, msg: &str) {
+        self.panicked = true;
         let mut held: Vec<UserIoId> = Vec::new();
         let parent_io = |p: user_io::Parent, fanouts: &Slab<Fanout>| match p {
             user_io::Parent::User(id) => Some(id),
@@ -622,11 +628,11 @@ impl<B: Backend> Engine<B> {
         let (t0, n0) = self.rate_window;
         if now.saturating_sub(t0) >= 1_000_000_000 {
             let bytes = self.stats.bytes_hydrated - n0;
-            self.stats.rate_bytes_sec = bytes * 1_000_000_000 / (now - t0);
+            self.stats.rate_bytes_sec = (bytes as u128 * 1_000_000_000 / (now - t0) as u128) as u64;
             self.rate_window = (now, self.stats.bytes_hydrated);
         }
         if self.stopping
-            && self.reqs.is_empty()
+            && (self.reqs.is_empty() || self.panicked)
             && !self.meta.commit_in_flight()
             && (!self.meta.has_changes() || !self.writable())
         {
@@ -664,7 +670,12 @@ impl<B: Backend> Engine<B> {
 
     /// Delivers the completion of a request the engine submitted.
     pub fn complete(&mut self, id: ReqId, result: IoResult) {
-        let req = self.reqs.remove(id.0 as usize);
+        let Some(req) = self.reqs.try_remove(id.0 as usize) else {
+            // Only after a panic can the engine's book of requests and the
+            // host's disagree (the host waits for its own count).
+            assert!(self.panicked, "completion of an unknown request {id:?}");
+            return;
+        };
         match req {
             Req::User(io) => {
                 self.user_in_flight -= 1;

@@ -31,6 +31,22 @@ pub fn preload_lib() -> PathBuf {
     p
 }
 
+/// libbdev_clone_spdk.so built with fail points (the fault-injection
+/// feature), which scripts/test builds into its own target directory.
+pub fn fault_injection_lib() -> PathBuf {
+    let p = target_dir()
+        .parent()
+        .unwrap()
+        .join("fault-injection/debug/libbdev_clone_spdk.so");
+    assert!(
+        p.exists(),
+        "{} missing: cargo build -p bdev_clone_spdk --features fault-injection \
+         --target-dir target/fault-injection (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
 pub fn tgt_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_bdev_clone_tgt"))
 }
@@ -76,6 +92,19 @@ impl Tgt {
     pub fn start_preloaded(dir: &Path, name: &str, extra: &[&str]) -> Tgt {
         let mut c = Command::new(spdk_tool("spdk_tgt").expect("spdk_tgt in PATH"));
         c.env("LD_PRELOAD", preload_lib());
+        Self::spawn(c, dir, name, extra)
+    }
+
+    /// Stock spdk_tgt preloading `lib`, with `env` added to its environment.
+    pub fn start_preloaded_with(
+        dir: &Path,
+        name: &str,
+        lib: &Path,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Tgt {
+        let mut c = Command::new(spdk_tool("spdk_tgt").expect("spdk_tgt in PATH"));
+        c.env("LD_PRELOAD", lib).envs(env.iter().copied());
         Self::spawn(c, dir, name, extra)
     }
 
