@@ -7,7 +7,7 @@ use crate::backend::{dev_index, Base, SpdkBackend, DEVS};
 use crate::channel::{chan_create, chan_destroy, Chan, IoDevice};
 use crate::ffi::{self, Responder};
 use crate::module::{bdev_by_name, find_clone, module, CLONES, PENDING};
-use crate::vbdev::{clone_poll, CloneBdev, FN_TABLE};
+use crate::vbdev::{CloneBdev, FN_TABLE};
 use bdev_clone::params::CreateParams;
 use bdev_clone::plan::{self, BaseFacts, BaseOpen, Facts};
 use bdev_clone::{Dev, Engine};
@@ -153,7 +153,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         // SAFETY: called on an SPDK thread (the RPC thread).
         thread: unsafe { sys::spdk_get_thread() },
         poller: null_mut(),
-        poller_paused: false,
+        stopped: false,
         teardown_pending: false,
         uuid,
         registered: false,
@@ -305,9 +305,9 @@ impl CloneBdev {
                 sys::spdk_io_device_unregister(io_device, None);
                 return Err((-rc, format!("spdk_bdev_register failed: {rc}")));
             }
-            self.poller = sys::spdk_poller_register(Some(clone_poll), me as *mut c_void, 100);
         }
         self.registered = true;
+        self.update_poller();
         Ok(())
     }
 

@@ -34,8 +34,8 @@ pub struct CloneBdev {
     pub(crate) engine: Option<Engine<SpdkBackend>>,
     pub(crate) thread: *mut sys::spdk_thread,
     pub(crate) poller: *mut sys::spdk_poller,
-    /// The poller is paused while the engine wants no polling.
-    pub(crate) poller_paused: bool,
+    /// Torn down: no poller may be registered again.
+    pub(crate) stopped: bool,
     /// The engine stopped; teardown waits for SPDK's callbacks.
     pub(crate) teardown_pending: bool,
     pub(crate) uuid: sys::spdk_uuid,
@@ -162,23 +162,25 @@ impl CloneBdev {
         self.update_poller();
     }
 
-    /// An idle clone costs nothing: its poller is paused while the engine
-    /// has nothing that needs time to pass, and resumed by the next call
-    /// into the engine that gives it some (SPDK allows both from the
-    /// poller's own callback).
-    fn update_poller(&mut self) {
-        if self.poller.is_null() {
+    /// An idle clone costs nothing: it has a poller only while the engine
+    /// has something that needs time to pass; the next call into the engine
+    /// that gives it some registers one again. (Unregistered rather than
+    /// paused: under --interrupt-mode a paused timed poller's timerfd keeps
+    /// firing.)
+    pub(crate) fn update_poller(&mut self) {
+        if !self.registered || self.stopped {
             return;
         }
         let wants = self.engine().wants_poll() || self.engine().backend().has_retries();
-        // SAFETY: our poller, on its own thread.
+        let me = self as *mut CloneBdev as *mut c_void;
+        // SAFETY: our poller, on the clone thread (SPDK allows unregistering
+        // from the poller's own callback); its arg is this clone, which
+        // outlives it (teardown unregisters it before the clone is freed).
         unsafe {
-            if wants && self.poller_paused {
-                sys::spdk_poller_resume(self.poller);
-                self.poller_paused = false;
-            } else if !wants && !self.poller_paused {
-                sys::spdk_poller_pause(self.poller);
-                self.poller_paused = true;
+            if wants && self.poller.is_null() {
+                self.poller = sys::spdk_poller_register(Some(clone_poll), me, 100);
+            } else if !wants && !self.poller.is_null() {
+                sys::spdk_poller_unregister(&mut self.poller);
             }
         }
     }
@@ -260,6 +262,7 @@ impl CloneBdev {
     }
 
     pub(crate) fn teardown(&mut self) {
+        self.stopped = true;
         if !self.poller.is_null() {
             // SAFETY: our poller, on its thread.
             unsafe { sys::spdk_poller_unregister(&mut self.poller) };

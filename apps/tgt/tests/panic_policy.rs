@@ -40,6 +40,7 @@ fn a_panic_in_a_completion_fails_the_clone_and_the_target_carries_on() {
     let dir = scratch("panic-completion");
     // Opening takes five completions; the ninth (a hydration copy) panics.
     let t = Tgt::start_preloaded_with(
+        "spdk_tgt",
         &dir,
         "tgt",
         &fault_injection_lib(),
@@ -72,6 +73,7 @@ fn a_panic_in_a_completion_fails_the_clone_and_the_target_carries_on() {
 fn a_panic_in_an_rpc_is_answered_with_an_error() {
     let dir = scratch("panic-rpc");
     let t = Tgt::start_preloaded_with(
+        "spdk_tgt",
         &dir,
         "tgt",
         &fault_injection_lib(),

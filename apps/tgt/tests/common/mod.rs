@@ -95,15 +95,17 @@ impl Tgt {
         Self::spawn(c, dir, name, extra)
     }
 
-    /// Stock spdk_tgt preloading `lib`, with `env` added to its environment.
+    /// A stock SPDK app (`tool`: spdk_tgt, nvmf_tgt) preloading `lib`, with
+    /// `env` added to its environment.
     pub fn start_preloaded_with(
+        tool: &str,
         dir: &Path,
         name: &str,
         lib: &Path,
         env: &[(&str, &str)],
         extra: &[&str],
     ) -> Tgt {
-        let mut c = Command::new(spdk_tool("spdk_tgt").expect("spdk_tgt in PATH"));
+        let mut c = Command::new(spdk_tool(tool).unwrap_or_else(|| panic!("{tool} in PATH")));
         c.env("LD_PRELOAD", lib).envs(env.iter().copied());
         Self::spawn(c, dir, name, extra)
     }
@@ -188,6 +190,16 @@ impl Tgt {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// CPU time (user + system) the app used so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let pid = self.child.as_ref().unwrap().id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name (which is in parentheses).
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
     }
 
     pub fn alive(&self) -> bool {
