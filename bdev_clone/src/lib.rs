@@ -11,6 +11,7 @@ pub mod metadata;
 pub mod params;
 pub mod plan;
 pub mod region_map;
+pub mod stack;
 
 pub use engine::{CloneState, Engine, OpenError, OpenInfo, OpenParams, Settings, Shared, Status};
 pub use geometry::{DeviceInfo, Geometry, DEFAULT_REGION_SIZE};

@@ -23,7 +23,7 @@ use crate::{OpenError, OpenParams};
 pub type Refusal = (i32, String);
 
 /// What the host knows of one base bdev.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BaseFacts {
     pub exists: bool,
     pub block_size: u32,
@@ -38,6 +38,9 @@ pub struct BaseFacts {
     /// without `bdev_nvme_set_options --enable-flush`, which completes FLUSH
     /// without sending it.
     pub flush_reaches_device: bool,
+    /// Where and why flushes are lost, when the host could tell (a walk down
+    /// the stack: `crate::stack`).
+    pub flush_dropped: Option<String>,
     pub unmap_supported: bool,
 }
 
@@ -58,6 +61,13 @@ impl BaseFacts {
     /// whose flushes reach the device.
     fn flush_sent(&self) -> bool {
         !self.write_cache || (self.flush_supported && self.flush_reaches_device)
+    }
+
+    /// " (dropped at X: why)" when the host said where.
+    fn dropped_detail(&self) -> String {
+        self.flush_dropped
+            .as_ref()
+            .map_or(String::new(), |d| format!(" ({d})"))
     }
 }
 
@@ -141,18 +151,20 @@ pub fn plan(p: &CreateParams, f: &Facts) -> Result<CreatePlan, Refusal> {
     if !f.dest.flush_sent() && !p.allow_unflushed_destination {
         return Err(einval(format!(
             "destination_bdev '{}' has a volatile write cache but its flushes are not sent to \
-             the device, so no commit could be made durable. For an NVMe bdev run \
+             the device{}, so no commit could be made durable. For an NVMe bdev run \
              `bdev_nvme_set_options --enable-flush` before attaching the controller; or pass \
              allow_unflushed_destination to accept the risk",
-            p.destination_bdev
+            p.destination_bdev,
+            f.dest.dropped_detail()
         )));
     }
     if !f.meta.flush_sent() && !p.allow_unflushed_destination {
         return Err(einval(format!(
             "metadata_bdev '{}' has a volatile write cache but its flushes are not sent to the \
-             device. For an NVMe bdev run `bdev_nvme_set_options --enable-flush` before \
+             device{}. For an NVMe bdev run `bdev_nvme_set_options --enable-flush` before \
              attaching the controller; or pass allow_unflushed_destination to accept the risk",
-            p.metadata_bdev
+            p.metadata_bdev,
+            f.meta.dropped_detail()
         )));
     }
     let (dst, meta) = (f.dest.info(), f.meta.info());
@@ -316,6 +328,7 @@ mod tests {
             write_cache: false,
             flush_supported: true,
             flush_reaches_device: true,
+            flush_dropped: None,
             unmap_supported: true,
         }
     }
@@ -517,6 +530,15 @@ mod tests {
         assert_eq!(errno, libc::EINVAL);
         assert!(msg.starts_with("destination_bdev 'd' has a volatile write cache"));
         assert!(msg.contains("--enable-flush") && msg.contains("allow_unflushed_destination"));
+        // Where the walk found it, when the host says.
+        f.dest.flush_dropped = Some("dropped at Nvme0n1: a bdev above it takes no flushes".into());
+        let (_, msg) = refused(json!({}), &f);
+        assert!(
+            msg.contains(
+                "not sent to the device (dropped at Nvme0n1: a bdev above it takes no flushes)"
+            ),
+            "{msg}"
+        );
         let p = params(json!({"allow_unflushed_destination": true}));
         let plan = plan(&p, &f).unwrap();
         assert!(plan.dest_write_cache && !plan.dest_flush_sent);

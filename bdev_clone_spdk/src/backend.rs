@@ -161,16 +161,14 @@ unsafe extern "C" fn engine_req_done(
         unsafe { sys::spdk_bdev_free_io(child) };
         let result = if success { Ok(()) } else { Err(IoError::Io) };
         // The clone outlives its requests: teardown waits for in_flight to
-        // reach zero.
+        // reach zero (after_engine starts it then). The clone may be gone
+        // once this returns: touch nothing after it.
         CloneBdev::guarded(ctx.clone, "engine_req_done", |c| {
             c.engine_mut().backend_mut().in_flight -= 1;
             fail::fail_point!("engine_req_done");
             c.engine_mut().complete(ctx.id, result);
             c.after_engine();
         });
-        // SAFETY: as above; the clone is still allocated (freed only by
-        // io_device_gone, after a teardown that this may start).
-        unsafe { &mut *ctx.clone }.teardown_if_drained();
     })
 }
 

@@ -10,6 +10,7 @@ use crate::module::{bdev_by_name, find_clone, module, CLONES, PENDING};
 use crate::vbdev::{CloneBdev, FN_TABLE};
 use bdev_clone::params::CreateParams;
 use bdev_clone::plan::{self, BaseFacts, BaseOpen, Facts};
+use bdev_clone::stack::{self, FlushCheck, FlushVerdict, StackNode};
 use bdev_clone::{Dev, Engine};
 use serde_json::json;
 use spdk_sys as sys;
@@ -50,41 +51,75 @@ unsafe extern "C" fn base_event(
     })
 }
 
-/// What SPDK knows of the bdev called `name`, for the plan.
-fn base_facts(name: &str) -> BaseFacts {
+/// What SPDK knows of the bdev called `name`, for the plan. Whether it
+/// has a volatile cache and whether its flushes reach it come from a walk
+/// down its stack (`bdev_clone::stack`): an lvol or raid reports no cache
+/// of its own over an NVMe drive that has one.
+fn base_facts(name: &str) -> (BaseFacts, Option<FlushCheck>) {
     let Some(b) = bdev_by_name(name) else {
-        return BaseFacts::default();
+        return (BaseFacts::default(), None);
     };
+    let check = stack::check_flushes(&stack_of(b, 0));
+    if let FlushVerdict::Unknown { at } = &check.verdict {
+        ffi::warn(&format!(
+            "bdev_clone: cannot tell whether flushes of '{name}' reach its devices: the stack \
+             is unknown below '{at}' (path {:?})",
+            check.path
+        ));
+    }
     // SAFETY: properties of a registered bdev, read on the app thread.
-    unsafe {
+    let facts = unsafe {
         BaseFacts {
             exists: true,
             block_size: sys::spdk_bdev_get_block_size(b),
             num_blocks: sys::spdk_bdev_get_num_blocks(b),
             uuid: (*sys::spdk_bdev_get_uuid(b)).u.raw,
-            write_cache: sys::spdk_bdev_has_write_cache(b),
+            write_cache: sys::spdk_bdev_has_write_cache(b) || check.volatile(),
             flush_supported: sys::spdk_bdev_io_type_supported(b, sys::SPDK_BDEV_IO_TYPE_FLUSH),
-            flush_reaches_device: flush_reaches_device(b),
+            flush_reaches_device: check.reaches_devices(),
+            flush_dropped: matches!(check.verdict, FlushVerdict::Dropped { .. })
+                .then(|| check.describe()),
             unmap_supported: sys::spdk_bdev_io_type_supported(b, sys::SPDK_BDEV_IO_TYPE_UNMAP),
         }
-    }
+    };
+    (facts, Some(check))
 }
 
-/// SPDK's NVMe bdev completes FLUSH without sending it unless
-/// `bdev_nvme_set_options --enable-flush` was set; other modules send the
-/// flushes they take.
-fn flush_reaches_device(bdev: *mut sys::spdk_bdev) -> bool {
-    // SAFETY: `bdev` is registered; the options are copied into a local of
-    // the size we pass.
-    unsafe {
-        let module = CStr::from_ptr(sys::spdk_bdev_get_module_name(bdev));
-        if module.to_bytes() != b"nvme" {
-            return true;
+/// `bdev` and what its module names below it, down to the devices.
+fn stack_of(bdev: *mut sys::spdk_bdev, depth: u32) -> StackNode {
+    // SAFETY: `bdev` is registered; properties read on the app thread; the
+    // NVMe options are copied into a local of the size we pass.
+    let mut node = unsafe {
+        let module = CStr::from_ptr(sys::spdk_bdev_get_module_name(bdev))
+            .to_string_lossy()
+            .into_owned();
+        let drops_flushes = module == "nvme" && {
+            let mut opts: sys::spdk_bdev_nvme_opts = std::mem::zeroed();
+            sys::spdk_bdev_nvme_get_opts(
+                &mut opts,
+                std::mem::size_of::<sys::spdk_bdev_nvme_opts>(),
+            );
+            !opts.enable_flush
+        };
+        StackNode {
+            name: CStr::from_ptr(sys::spdk_bdev_get_name(bdev))
+                .to_string_lossy()
+                .into_owned(),
+            module,
+            write_cache: sys::spdk_bdev_has_write_cache(bdev),
+            flush_supported: sys::spdk_bdev_io_type_supported(bdev, sys::SPDK_BDEV_IO_TYPE_FLUSH),
+            drops_flushes,
+            bases: Vec::new(),
         }
-        let mut opts: sys::spdk_bdev_nvme_opts = std::mem::zeroed();
-        sys::spdk_bdev_nvme_get_opts(&mut opts, std::mem::size_of::<sys::spdk_bdev_nvme_opts>());
-        opts.enable_flush
+    };
+    if depth < 16 {
+        for name in stack::base_names(&ffi::driver_specific(bdev)) {
+            if let Some(b) = bdev_by_name(&name) {
+                node.bases.push(stack_of(b, depth + 1));
+            }
+        }
     }
+    node
 }
 
 fn random_uuid() -> [u8; 16] {
@@ -97,15 +132,19 @@ fn random_uuid() -> [u8; 16] {
 }
 
 /// Everything the plan needs to know, gathered on the app thread.
-fn facts(p: &CreateParams) -> Facts {
-    Facts {
+/// With the flush checks of the destination and the metadata.
+fn facts(p: &CreateParams) -> (Facts, [Option<FlushCheck>; 2]) {
+    let (dest, dest_check) = base_facts(&p.destination_bdev);
+    let (meta, meta_check) = base_facts(&p.metadata_bdev);
+    let facts = Facts {
         name_taken: bdev_by_name(&p.name).is_some() || find_clone(&p.name).is_some(),
-        source: base_facts(&p.source_bdev),
-        dest: base_facts(&p.destination_bdev),
-        meta: base_facts(&p.metadata_bdev),
+        source: base_facts(&p.source_bdev).0,
+        dest,
+        meta,
         random_uuid: random_uuid(),
         nonce: u64::from_le_bytes(random_uuid()[..8].try_into().unwrap()),
-    }
+    };
+    (facts, [dest_check, meta_check])
 }
 
 /// Validates, opens and claims the base bdevs, then starts the engine. The
@@ -140,7 +179,8 @@ pub fn create(p: CreateParams, reply: Responder) {
 /// Plans the create, opens and claims the bases the plan lists, then starts
 /// the engine (which reads or formats the metadata and notifies Opened).
 pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> {
-    let plan = plan::plan(&p, &facts(&p))?;
+    let (facts, flush_checks) = facts(&p);
+    let plan = plan::plan(&p, &facts)?;
     let mut uuid = sys::spdk_uuid::default();
     uuid.u.raw = plan.uuid;
     let clone = Box::into_raw(Box::new(CloneBdev {
@@ -162,6 +202,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         release_req: None,
         dest_write_cache: plan.dest_write_cache,
         dest_flush_sent: plan.dest_flush_sent,
+        flush_checks,
     }));
     let mut backend = SpdkBackend::new(clone);
     for base in &plan.bases {

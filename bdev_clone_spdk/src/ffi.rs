@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use spdk_sys as sys;
-use std::ffi::{c_void, CString};
+use std::ffi::{c_int, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Runs `f`; a panic is logged and turned into `default` instead of
@@ -46,6 +46,44 @@ pub fn log(level: sys::spdk_log_level, msg: &str) {
 
 pub fn error(msg: &str) {
     log(sys::SPDK_LOG_ERROR, msg)
+}
+
+pub fn warn(msg: &str) {
+    log(sys::SPDK_LOG_WARN, msg)
+}
+
+/// A bdev's driver-specific info, as `bdev_get_bdevs` shows it under
+/// `driver_specific` (Null when the module writes none, or not JSON).
+pub fn driver_specific(bdev: *mut sys::spdk_bdev) -> Value {
+    let mut out: Vec<u8> = Vec::new();
+    // SAFETY: a writer into `out` (alive for the whole block), ended once;
+    // `bdev` is registered.
+    unsafe {
+        let w = sys::spdk_json_write_begin(
+            Some(collect_json),
+            &mut out as *mut Vec<u8> as *mut c_void,
+            0,
+        );
+        if w.is_null() {
+            return Value::Null;
+        }
+        sys::spdk_json_write_object_begin(w);
+        sys::spdk_bdev_dump_info_json(bdev, w);
+        sys::spdk_json_write_object_end(w);
+        sys::spdk_json_write_end(w);
+    }
+    serde_json::from_slice(&out).unwrap_or(Value::Null)
+}
+
+unsafe extern "C" fn collect_json(ctx: *mut c_void, data: *const c_void, size: usize) -> c_int {
+    guard("collect_json", -1, || {
+        // SAFETY: ctx is the Vec driver_specific passed; data holds size bytes.
+        unsafe {
+            let out = &mut *(ctx as *mut Vec<u8>);
+            out.extend_from_slice(std::slice::from_raw_parts(data as *const u8, size));
+        }
+        0
+    })
 }
 
 pub fn notice(msg: &str) {

@@ -45,6 +45,8 @@ pub struct CloneBdev {
     pub(crate) release_req: Option<Responder>,
     pub dest_write_cache: bool,
     pub dest_flush_sent: bool,
+    /// What the walks down the destination's and metadata's stacks found.
+    pub flush_checks: [Option<bdev_clone::stack::FlushCheck>; 2],
 }
 
 /// Only the callbacks the clone implements; the rest stay NULL, whatever
@@ -158,6 +160,9 @@ impl CloneBdev {
                 }
                 None => break,
             }
+        }
+        if self.teardown_if_drained() {
+            return; // the clone is going away
         }
         self.update_poller();
     }

@@ -409,6 +409,27 @@ fn bad_rpc_calls_are_refused() {
     assert_eq!(t.clone_info("c4")["regions_total"], 2048);
     t.call("bdev_clone_delete", Some(json!({"name": "c4"})))
         .unwrap();
+    // Metadata of another destination: the open fails after reading it (the
+    // failure is answered from a completion, and the clone freed there).
+    let other = json!({"name": "c5", "source_bdev": "src", "destination_bdev": "null0",
+        "metadata_bdev": "meta"});
+    let (code, msg) = t.call("bdev_clone_create", Some(other)).unwrap_err();
+    assert_eq!(code, -22, "{msg}");
+    assert!(
+        msg.contains("metadata belongs to destination 'dst', not 'null0'"),
+        "{msg}"
+    );
+    // Another clone's UUID asked for over c4's metadata (issue 13: identity).
+    let other = json!({"name": "c5", "source_bdev": "src", "destination_bdev": "dst",
+        "metadata_bdev": "meta", "uuid": "01234567-89ab-cdef-0123-456789abcdef"});
+    let (code, msg) = t.call("bdev_clone_create", Some(other)).unwrap_err();
+    assert_eq!(code, -22, "{msg}");
+    assert!(
+        msg.contains("not 01234567-89ab-cdef-0123-456789abcdef"),
+        "{msg}"
+    );
+    assert!(t.alive());
+    assert!(!claimed(&t, "null0") && !claimed(&t, "dst") && !claimed(&t, "meta"));
     eprintln!("{tried} bad calls refused");
     assert!(tried >= 25);
     t.stop();
@@ -671,7 +692,7 @@ fn nvme_destination_without_enable_flush_is_refused() {
     )
     .unwrap();
     let attach = json!({"name": "Nvme0", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": port, "subnqn": nqn});
-    let create = |t: &Tgt, extra: &[&str]| {
+    let create_on = |t: &Tgt, dst: &str, extra: &[&str]| {
         let mut args = vec![
             "bdev_clone_create",
             "-b",
@@ -679,12 +700,78 @@ fn nvme_destination_without_enable_flush_is_refused() {
             "-s",
             "src",
             "-d",
-            "Nvme0n1",
+            dst,
             "-m",
             "meta",
         ];
         args.extend_from_slice(extra);
         t.plugin(&args)
+    };
+    let create = |t: &Tgt, extra: &[&str]| create_on(t, "Nvme0n1", extra);
+    // The stacks operators use: passthru and lvol on the NVMe namespace.
+    // Neither reports the NVMe's cache as its own (the lvol reports none at
+    // all): the check follows them down.
+    let stacks = |t: &Tgt, flushed: bool| {
+        t.call(
+            "bdev_passthru_create",
+            Some(json!({"base_bdev_name": "Nvme0n1", "name": "pt0"})),
+        )
+        .unwrap();
+        let r = create_on(t, "pt0", &[]);
+        if flushed {
+            r.unwrap();
+            let info = t.clone_info("c0");
+            assert_eq!(
+                info["destination_flush_path"],
+                json!(["pt0", "Nvme0n1"]),
+                "{info}"
+            );
+            assert_eq!(info["destination_flush_check"], "sent", "{info}");
+            t.plugin(&["bdev_clone_delete", "c0"]).unwrap();
+        } else {
+            let e = r.unwrap_err();
+            assert!(
+                e.contains("--enable-flush"),
+                "passthru on NVMe accepted: {e}"
+            );
+        }
+        t.call("bdev_passthru_delete", Some(json!({"name": "pt0"})))
+            .unwrap();
+        let lvs = t
+            .call(
+                "bdev_lvol_create_lvstore",
+                Some(json!({"bdev_name": "Nvme0n1", "lvs_name": "lvs0", "cluster_sz": 1048576})),
+            )
+            .unwrap();
+        t.call(
+            "bdev_lvol_create",
+            Some(json!({"lvol_name": "lvol0", "size_in_mib": 8, "lvs_name": "lvs0"})),
+        )
+        .unwrap();
+        // SPDK's lvol takes no flushes at all (v26.05): over a device with a
+        // volatile cache it can never be a safe destination, flushes
+        // enabled or not. Accepted only when told, and then shown.
+        let e = create_on(t, "lvs0/lvol0", &["--format"]).unwrap_err();
+        let why = if flushed {
+            "dropped at Nvme0n1: a bdev above it takes no flushes"
+        } else {
+            "dropped at Nvme0n1: the NVMe bdev completes flushes without sending them"
+        };
+        assert!(e.contains(why), "lvol on NVMe accepted: {e}");
+        create_on(
+            t,
+            "lvs0/lvol0",
+            &["--format", "--allow-unflushed-destination"],
+        )
+        .unwrap();
+        let info = t.clone_info("c0");
+        let path = info["destination_flush_path"].as_array().unwrap().clone();
+        assert_eq!(path.len(), 2, "{info}");
+        assert_eq!(path[1], "Nvme0n1", "{info}");
+        assert_eq!(info["destination_flush_sent"], false, "{info}");
+        t.plugin(&["bdev_clone_delete", "c0"]).unwrap();
+        t.call("bdev_lvol_delete_lvstore", Some(json!({"uuid": lvs})))
+            .unwrap();
     };
     // Without --enable-flush: refused, then accepted only when told.
     let b = Tgt::start(&dir, "b", &[]);
@@ -692,13 +779,15 @@ fn nvme_destination_without_enable_flush_is_refused() {
     malloc(&b, "meta", 1, 512);
     b.call("bdev_nvme_attach_controller", Some(attach.clone()))
         .unwrap();
+    stacks(&b, false);
     let e = create(&b, &[]).unwrap_err();
     assert!(
         e.contains("--enable-flush") && e.contains("allow_unflushed_destination"),
         "{e}"
     );
     assert!(!claimed(&b, "Nvme0n1"));
-    create(&b, &["--allow-unflushed-destination"]).unwrap();
+    // (The lvol clone above formatted the metadata for another destination.)
+    create(&b, &["--allow-unflushed-destination", "--format"]).unwrap();
     let info = b.clone_info("c0");
     assert_eq!(info["destination_write_cache"], true);
     assert_eq!(info["destination_flush_sent"], false);
@@ -710,6 +799,7 @@ fn nvme_destination_without_enable_flush_is_refused() {
     c.call("bdev_nvme_set_options", Some(json!({"enable_flush": true})))
         .unwrap();
     c.call("bdev_nvme_attach_controller", Some(attach)).unwrap();
+    stacks(&c, true);
     create(&c, &["--format"]).unwrap();
     let info = c.clone_info("c0");
     assert_eq!(info["destination_flush_sent"], true, "{info}");
