@@ -278,6 +278,8 @@ impl CloneBdev {
 
     pub fn set_settings(&mut self, s: Settings) {
         self.engine_mut().set_settings(s);
+        // Enabling hydration gives an idle clone (no poller) work to do.
+        self.after_engine();
     }
 
     pub fn settings(&self) -> Settings {

@@ -1038,3 +1038,33 @@ fn every_supported_io_type_works() {
         );
     }
 }
+
+/// An idle clone has no poller; enabling hydration through the RPC must give
+/// it one again (it stayed `hydrating` with nothing copied, forever).
+#[test]
+fn set_hydration_wakes_an_idle_clone() {
+    let dir = scratch("wake");
+    let t = Tgt::start(&dir, "tgt", &[]);
+    malloc(&t, "src", 16, 512);
+    malloc(&t, "dst", 16, 512);
+    malloc(&t, "meta", 1, 512);
+    t.call(
+        "bdev_clone_create",
+        Some(
+            json!({"name": "c0", "source_bdev": "src", "destination_bdev": "dst",
+                    "metadata_bdev": "meta", "no_hydration": true, "commit_interval_ms": 100}),
+        ),
+    )
+    .unwrap();
+    // Past the first commit: nothing left to do, so no poller.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(t.clone_info("c0")["state"], "paused");
+    t.call(
+        "bdev_clone_set_hydration",
+        Some(json!({"name": "c0", "enabled": true})),
+    )
+    .unwrap();
+    let info = t.wait_state("c0", "hydrated", 30);
+    assert_eq!(info["regions_hydrated"], 256, "{info}");
+    t.stop();
+}
