@@ -69,6 +69,8 @@ pub struct SpdkBackend {
     /// Requests submitted to SPDK whose callback has not run: the clone is
     /// freed only when none is left, whatever the engine believes.
     in_flight: u64,
+    /// Of those, the ones on the source (it is closed only without any).
+    source_in_flight: u64,
 }
 
 impl SpdkBackend {
@@ -81,6 +83,7 @@ impl SpdkBackend {
             retry: VecDeque::new(),
             notices: VecDeque::new(),
             in_flight: 0,
+            source_in_flight: 0,
             // SAFETY: a constant of the environment.
             ticks_hz: unsafe { sys::spdk_get_ticks_hz() }.max(1),
         }
@@ -124,6 +127,17 @@ impl SpdkBackend {
         self.in_flight
     }
 
+    pub(crate) fn source_in_flight(&self) -> u64 {
+        self.source_in_flight
+    }
+
+    fn request_done(&mut self, dev: Dev) {
+        self.in_flight -= 1;
+        if dev == Dev::Source {
+            self.source_in_flight -= 1;
+        }
+    }
+
     /// Requests wait for SPDK to have bdev_ios again (the poller retries).
     pub(crate) fn has_retries(&self) -> bool {
         !self.retry.is_empty()
@@ -147,6 +161,7 @@ impl SpdkBackend {
 struct ReqCtx {
     clone: *mut CloneBdev,
     id: ReqId,
+    dev: Dev,
 }
 
 unsafe extern "C" fn engine_req_done(
@@ -164,7 +179,7 @@ unsafe extern "C" fn engine_req_done(
         // reach zero (after_engine starts it then). The clone may be gone
         // once this returns: touch nothing after it.
         CloneBdev::guarded(ctx.clone, "engine_req_done", |c| {
-            c.engine_mut().backend_mut().in_flight -= 1;
+            c.engine_mut().backend_mut().request_done(ctx.dev);
             fail::fail_point!("engine_req_done");
             c.engine_mut().complete(ctx.id, result);
             c.after_engine();
@@ -191,6 +206,7 @@ impl Backend for SpdkBackend {
         let ctx = Box::into_raw(Box::new(ReqCtx {
             clone: self.clone,
             id,
+            dev,
         })) as *mut c_void;
         let cb: sys::spdk_bdev_io_completion_cb = Some(engine_req_done);
         let buf_ptr = |dma: &mut DmaMemory, buf: BufId, offset: usize| {
@@ -274,6 +290,9 @@ impl Backend for SpdkBackend {
         };
         if rc == 0 {
             self.in_flight += 1;
+            if dev == Dev::Source {
+                self.source_in_flight += 1;
+            }
         } else {
             // SAFETY: the submit failed, so the callback will never free ctx.
             drop(unsafe { Box::from_raw(ctx as *mut ReqCtx) });

@@ -28,27 +28,47 @@ fn tag(clone: *mut CloneBdev, dev: Dev) -> *mut c_void {
 
 unsafe extern "C" fn base_event(
     kind: sys::spdk_bdev_event_type,
-    _bdev: *mut sys::spdk_bdev,
+    bdev: *mut sys::spdk_bdev,
     ctx: *mut c_void,
 ) {
     ffi::guard("base_event", (), || {
-        if kind != sys::SPDK_BDEV_EVENT_REMOVE {
-            return;
-        }
         let clone = (ctx as usize & !3) as *mut CloneBdev;
         let dev = DEVS[ctx as usize & 3];
-        // SAFETY: the tag was made from a live clone whose descs are open.
-        let c = unsafe { &mut *clone };
-        ffi::error(&format!(
-            "bdev_clone {}: the {dev} bdev was removed",
-            c.params.name
-        ));
-        if let Some(e) = c.engine.as_mut() {
-            e.device_lost(dev);
-        }
-        c.after_engine();
-        c.unregister();
+        // The tag was made from a live clone whose descs are open.
+        CloneBdev::guarded(clone, "base_event", |c| c.base_event(kind, dev, bdev));
     })
+}
+
+impl CloneBdev {
+    /// A base bdev is going away or changed size; what it means is the
+    /// engine's (`Engine::device_lost`, `device_resized`).
+    fn base_event(&mut self, kind: sys::spdk_bdev_event_type, dev: Dev, bdev: *mut sys::spdk_bdev) {
+        let name = self.params.name.clone();
+        let carries_on = match kind {
+            sys::SPDK_BDEV_EVENT_REMOVE => {
+                ffi::error(&format!("bdev_clone {name}: the {dev} bdev was removed"));
+                let on = self.engine_mut().device_lost(dev);
+                if on && dev == Dev::Source && self.registered {
+                    // Closed once the engine's reads of it are done.
+                    self.close_source_pending = true;
+                }
+                on
+            }
+            sys::SPDK_BDEV_EVENT_RESIZE => {
+                // SAFETY: the bdev the event is about, still registered.
+                let blocks = unsafe { sys::spdk_bdev_get_num_blocks(bdev) };
+                ffi::notice(&format!(
+                    "bdev_clone {name}: the {dev} bdev now has {blocks} blocks"
+                ));
+                self.engine_mut().device_resized(dev, blocks)
+            }
+            _ => true,
+        };
+        self.after_engine();
+        if !carries_on {
+            self.unregister();
+        }
+    }
 }
 
 /// What SPDK knows of the bdev called `name`, for the plan. Whether it
@@ -195,6 +215,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         poller: null_mut(),
         stopped: false,
         teardown_pending: false,
+        close_source_pending: false,
         uuid,
         registered: false,
         unregistering: false,

@@ -38,6 +38,8 @@ pub struct CloneBdev {
     pub(crate) stopped: bool,
     /// The engine stopped; teardown waits for SPDK's callbacks.
     pub(crate) teardown_pending: bool,
+    /// The source was removed: close it once the engine's reads are done.
+    pub(crate) close_source_pending: bool,
     pub(crate) uuid: sys::spdk_uuid,
     pub(crate) registered: bool,
     pub(crate) unregistering: bool,
@@ -163,6 +165,10 @@ impl CloneBdev {
         }
         if self.teardown_if_drained() {
             return; // the clone is going away
+        }
+        if self.close_source_pending && self.engine().backend().source_in_flight() == 0 {
+            self.close_source_pending = false;
+            self.close_source();
         }
         self.update_poller();
     }

@@ -820,3 +820,129 @@ fn uuid_and_settings_live_in_the_superblock() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Base events (issue 13): the source of a clone not fully hydrated goes
+/// away: hydrated regions stay readable and writable, unhydrated ones fail
+/// (reads and partial writes; a whole-region write needs no copy), and
+/// hydration stops for good.
+#[test]
+fn losing_the_source_before_hydration_keeps_what_is_hydrated() {
+    let mut h = open(64);
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 0, 8, &w(1, 0, 8)).0,
+        Ok(())
+    );
+    assert!(h.engine.device_lost(Dev::Source), "the clone carries on");
+    let s = h.engine.status();
+    assert_eq!(s.state, CloneState::Paused);
+    assert!(s.error.unwrap().contains("source device was removed"));
+    h.trace();
+    assert_eq!(
+        h.read_values(0, 2),
+        vec![
+            Some(Value::Write { id: 1, block: 0 }),
+            Some(Value::Write { id: 1, block: 1 })
+        ]
+    );
+    assert_eq!(h.io(UserOp::Read, 8, 1, &[]).0, Err(IoError::Io));
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 9, 1, &w(2, 9, 1)).0,
+        Err(IoError::Io)
+    );
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 0, 1, &w(3, 0, 1)).0,
+        Ok(())
+    );
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 16, 8, &w(4, 16, 8)).0,
+        Ok(())
+    );
+    // Hydration asked for again: nothing is read from the source.
+    let mut st = h.engine.settings().clone();
+    st.hydration_enabled = true;
+    h.engine.set_settings(st);
+    assert_eq!(h.engine.state(), CloneState::Paused);
+    h.poll_until(50, |_| false);
+    let t = h.trace();
+    assert_eq!(
+        count(&t, |e| matches!(e, TraceEvent::Submit(Dev::Source, _))),
+        0,
+        "{t:?}"
+    );
+    assert!(
+        h.poll_until(3_000, |h| !h.engine.wants_poll()),
+        "an idle clone again"
+    );
+}
+
+/// The source of a fully hydrated clone goes away: it is released, and the
+/// clone carries on.
+#[test]
+fn losing_the_source_of_a_hydrated_clone_releases_it() {
+    let mut h = open(64);
+    for r in 0..8 {
+        assert_eq!(
+            h.io(UserOp::Write { fua: false }, r * 8, 8, &w(r, r * 8, 8))
+                .0,
+            Ok(())
+        );
+    }
+    assert!(h.poll_until(3_000, |h| h.engine.state() == CloneState::Hydrated));
+    assert!(h.engine.device_lost(Dev::Source));
+    h.run();
+    assert!(h
+        .take_notices()
+        .contains(&bdev_clone::Notice::SourceReleased(Ok(()))));
+    assert_eq!(h.engine.state(), CloneState::SourceReleased);
+    assert_eq!(
+        h.io(UserOp::Write { fua: false }, 3, 1, &w(9, 3, 1)).0,
+        Ok(())
+    );
+}
+
+/// A base removed while opening fails the open; resizes that break the
+/// clone fail it.
+#[test]
+fn removal_while_opening_and_resizes() {
+    let devs = devices(64, 64, meta_bytes_for(9) + 4096);
+    let p = params_for(&devs, RS);
+    let mut backend = bdev_clone_sim::backend::SimBackend::new(devs, 64 << 20);
+    backend.trace = Some(Vec::new());
+    let mut e = bdev_clone::Engine::open(backend, p);
+    assert!(!e.device_lost(Dev::Dest));
+    let mut rng = fastrand::Rng::with_seed(1);
+    while !e.backend_mut().inflight.is_empty() {
+        let (id, r) = e.backend_mut().execute(0, &mut rng);
+        e.complete(id, r);
+    }
+    let opened = e.backend_mut().notices.iter().find_map(|n| match n {
+        bdev_clone::Notice::Opened(r) => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        opened,
+        Some(Err(OpenError::Io(Dev::Dest, IoError::NoDevice)))
+    );
+
+    let mut h = open(64);
+    assert!(
+        h.engine.device_resized(Dev::Dest, 128),
+        "a larger destination is fine"
+    );
+    assert!(h.engine.device_resized(Dev::Source, 64));
+    assert!(!h.engine.device_resized(Dev::Source, 72));
+    let s = h.engine.status();
+    assert_eq!(s.state, CloneState::Failed);
+    assert!(s
+        .error
+        .unwrap()
+        .contains("source was resized from 64 to 72 blocks"));
+    let mut h = open(64);
+    assert!(!h.engine.device_resized(Dev::Dest, 63));
+    assert!(h
+        .engine
+        .status()
+        .error
+        .unwrap()
+        .contains("shrank to 63 blocks"));
+}

@@ -808,36 +808,78 @@ fn nvme_destination_without_enable_flush_is_refused() {
     a.stop();
 }
 
-/// Hot-removing a base bdev under a clone unregisters the clone cleanly.
+/// Hot-removing a base bdev under a clone (issue 13, "every base event"):
+/// the destination or the metadata unregisters the clone cleanly; the source
+/// of a clone not fully hydrated leaves it serving what is hydrated; the
+/// source of a hydrated clone is released and the clone carries on.
 #[test]
 fn hot_remove_of_a_base_bdev() {
     let dir = scratch("hotremove");
-    for victim in ["src", "dst", "meta"] {
-        let t = Tgt::start_preloaded(&dir, victim, &[]);
+    let wait = |what: &str, mut done: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    for victim in ["src", "dst", "meta", "src of a hydrated clone"] {
+        let t = Tgt::start_preloaded(&dir, victim.split(' ').next().unwrap(), &[]);
         malloc(&t, "src", 64, 512);
         malloc(&t, "dst", 64, 512);
         malloc(&t, "meta", 1, 512);
+        let hydrated = victim.contains("hydrated");
+        let rate = if hydrated { 0 } else { 16 };
         t.call(
             "bdev_clone_create",
             Some(
                 json!({"name": "c0", "source_bdev": "src", "destination_bdev": "dst",
-            "metadata_bdev": "meta", "max_bandwidth_mb_sec": 16}),
+            "metadata_bdev": "meta", "max_bandwidth_mb_sec": rate}),
             ),
         )
         .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        t.call("bdev_malloc_delete", Some(json!({"name": victim})))
+        if hydrated {
+            t.wait_state("c0", "hydrated", 60);
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        let name = victim.split(' ').next().unwrap();
+        t.call("bdev_malloc_delete", Some(json!({"name": name})))
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while t.call("bdev_clone_get_clones", None).unwrap() != json!([]) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "clone still there after removing {victim}"
+        if name == "src" {
+            // The clone carries on; the source is no longer held.
+            let want = if hydrated {
+                "source_released"
+            } else {
+                "paused"
+            };
+            wait(
+                "the clone did not carry on",
+                Box::new(|| t.clone_info("c0")["state"] == want),
             );
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            let info = t.clone_info("c0");
+            if !hydrated {
+                let error = info["error"].as_str().unwrap_or_default();
+                assert!(error.contains("source device was removed"), "{info}");
+                assert!(info["percent"].as_f64().unwrap() < 100.0, "{info}");
+                // Hydration asked for again: it cannot, and says so.
+                t.call(
+                    "bdev_clone_set_hydration",
+                    Some(json!({"name": "c0", "enabled": true})),
+                )
+                .unwrap();
+                assert_eq!(t.clone_info("c0")["state"], "paused");
+            }
+            assert!(claimed(&t, "dst") && claimed(&t, "meta"));
+            t.call("bdev_clone_delete", Some(json!({"name": "c0"})))
+                .unwrap();
+        } else {
+            wait(
+                "clone still there",
+                Box::new(|| t.call("bdev_clone_get_clones", None).unwrap() == json!([])),
+            );
         }
         for b in ["src", "dst", "meta"] {
-            if b != victim {
+            if b != name {
                 assert!(!claimed(&t, b), "{b} still claimed after removing {victim}");
             }
         }
@@ -846,7 +888,7 @@ fn hot_remove_of_a_base_bdev() {
         assert!(
             log.contains(&format!(
                 "the {} bdev was removed",
-                match victim {
+                match name {
                     "src" => "source",
                     "dst" => "destination",
                     _ => "metadata",

@@ -199,6 +199,7 @@ impl<B: Backend> Engine<B> {
         }
         self.last_refill_ns = now;
         if self.state != CloneState::Hydrating
+            || self.source_gone
             || !self.settings.hydration_enabled
             || self.stopping
             || now < self.retry_after_ns

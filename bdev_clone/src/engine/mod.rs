@@ -208,6 +208,11 @@ pub struct Engine<B: Backend> {
     retry_after_ns: u64,
     releasing: bool,
     stopping: bool,
+    /// The source went away before everything was hydrated: unhydrated
+    /// regions cannot be read or copied any more.
+    source_gone: bool,
+    /// A base device went away while opening: the open fails when done.
+    lost_while_opening: Option<Dev>,
     stats: Stats,
     rate_window: (u64, u64),
     /// When `stats.hydration_ns` was last brought up to date.
@@ -269,6 +274,8 @@ impl<B: Backend> Engine<B> {
             retry_after_ns: 0,
             releasing: false,
             stopping: false,
+            source_gone: false,
+            lost_while_opening: None,
             stats: Stats::default(),
             rate_window: (now, 0),
             hydration_clock_ns: now,
@@ -362,7 +369,7 @@ impl<B: Backend> Engine<B> {
             self.meta.set_identity(&self.name, &self.settings);
         }
         if matches!(self.state, CloneState::Hydrating | CloneState::Paused) {
-            self.state = if self.settings.hydration_enabled {
+            self.state = if self.settings.hydration_enabled && !self.source_gone {
                 CloneState::Hydrating
             } else {
                 CloneState::Paused
@@ -580,15 +587,94 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// Puts the clone in its failed state from outside (hot-removal of a base
-    /// device): writes are refused from now on.
-    pub fn device_lost(&mut self, dev: Dev) {
+    /// A base device went away (hot-removal). What it means:
+    /// - while opening: the open fails once its requests are done;
+    /// - the source of a fully hydrated clone: the clone releases it (a
+    ///   commit says so) and carries on from the destination;
+    /// - the source of a clone not fully hydrated: hydration stops, reads of
+    ///   unhydrated regions and partial writes into them fail; hydrated
+    ///   regions stay readable and writable (whole-region writes too);
+    /// - the destination or the metadata: the clone fails (writes refused).
+    ///
+    /// Returns whether the clone carries on (else the host unregisters it).
+    pub fn device_lost(&mut self, dev: Dev) -> bool {
+        if self.opening.is_some() {
+            self.lost_while_opening.get_or_insert(dev);
+            return false;
+        }
+        match (dev, self.state) {
+            (Dev::Source, CloneState::SourceReleased) => true,
+            (Dev::Source, CloneState::Hydrated) => {
+                if !self.releasing {
+                    let _ = self.release_source();
+                }
+                true
+            }
+            (Dev::Source, CloneState::Hydrating | CloneState::Paused) => {
+                self.tick_hydration_clock();
+                self.source_gone = true;
+                self.shared.source_gone.store(true, Ordering::Relaxed);
+                // Writes waiting for a buffer to copy their region: no copy
+                // will come (whole-region writes among their waiters go on).
+                for r in std::mem::take(&mut self.copy_backlog) {
+                    self.unlock(r, false);
+                }
+                self.state = CloneState::Paused;
+                self.error = Some(
+                    "the source device was removed before the clone was fully hydrated: \
+                     unhydrated regions cannot be read"
+                        .into(),
+                );
+                self.note_hydrating();
+                true
+            }
+            (Dev::Source, _) => true,
+            (Dev::Meta, _) => {
+                self.fail(
+                    CloneState::ReadOnly,
+                    format!("the {dev} device was removed"),
+                );
+                false
+            }
+            _ => {
+                self.fail(CloneState::Failed, format!("the {dev} device was removed"));
+                false
+            }
+        }
+    }
+
+    /// A base device changed size. The source must not (the clone is as
+    /// large as it was); the destination must stay at least as large as the
+    /// source, the metadata as large as its layout. Anything else fails the
+    /// clone. Returns whether the clone carries on.
+    pub fn device_resized(&mut self, dev: Dev, num_blocks: u64) -> bool {
+        let g = self.shared.geometry;
+        let why = match dev {
+            _ if self.opening.is_some() => {
+                self.lost_while_opening.get_or_insert(dev);
+                return false;
+            }
+            Dev::Source if num_blocks != g.num_blocks => format!(
+                "the source was resized from {} to {num_blocks} blocks: a clone's source must \
+                 not change",
+                g.num_blocks
+            ),
+            Dev::Dest if num_blocks < g.num_blocks => format!(
+                "the destination shrank to {num_blocks} blocks, below the source's {}",
+                g.num_blocks
+            ),
+            Dev::Meta if !self.meta.fits(num_blocks) => {
+                "the metadata device shrank below the metadata's size".to_string()
+            }
+            _ => return true,
+        };
         let state = if dev == Dev::Meta {
             CloneState::ReadOnly
         } else {
             CloneState::Failed
         };
-        self.fail(state, format!("the {dev} device was removed"));
+        self.fail(state, why);
+        false
     }
 
     // ---------------------------------------------------------------- polling
@@ -727,6 +813,9 @@ impl<B: Backend> Engine<B> {
 
     fn open_done(&mut self, opened: Opened) {
         self.opening = None;
+        if let Some(dev) = self.lost_while_opening {
+            return self.open_failed(OpenError::Io(dev, IoError::NoDevice));
+        }
         let Opened {
             geometry,
             map,

@@ -38,6 +38,8 @@ pub struct Shared {
     /// Set while background hydration runs: only then are user I/Os counted
     /// (for the busy rate limit), so a hydrated clone pays nothing.
     pub(super) hydrating: AtomicBool,
+    /// The source went away before everything was hydrated.
+    pub(super) source_gone: AtomicBool,
     /// One counter per thread that routes I/O.
     counters: Mutex<Vec<Arc<IoCounter>>>,
 }
@@ -61,6 +63,7 @@ impl Shared {
             geometry,
             writes_allowed: AtomicBool::new(true),
             hydrating: AtomicBool::new(false),
+            source_gone: AtomicBool::new(false),
             counters: Mutex::new(Vec::new()),
         }
     }
@@ -73,6 +76,7 @@ impl Shared {
             geometry,
             writes_allowed: AtomicBool::new(false),
             hydrating: AtomicBool::new(false),
+            source_gone: AtomicBool::new(false),
             counters: Mutex::new(Vec::new()),
         }
     }
@@ -134,6 +138,8 @@ impl Shared {
                     Route::Reject(IoError::Invalid)
                 } else if self.map.is_hydrated(g.region_of(io.offset_blocks)) {
                     Route::Dest
+                } else if self.source_gone.load(Ordering::Relaxed) {
+                    Route::Reject(IoError::Io)
                 } else {
                     Route::Source
                 }

@@ -191,6 +191,8 @@ impl<B: Backend> Engine<B> {
                 );
                 self.send_region_op(op, true);
             }
+            // A partial write needs the region's copy: no source, no copy.
+            (_, false) if self.source_gone => self.finish(op.parent, Err(IoError::Io)),
             (_, false) => {
                 self.locks.insert(
                     r,
@@ -303,6 +305,8 @@ impl<B: Backend> Engine<B> {
         if self.shared.map.set(region) {
             self.hydrated += 1;
             self.meta.mark_hydrated(region);
+            // Whole-region writes can hydrate the last region too.
+            self.check_hydrated();
             self.stats.bytes_hydrated += self.shared.geometry.region_extent(region).1
                 * self.shared.geometry.block_size as u64;
         }

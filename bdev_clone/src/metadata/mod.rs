@@ -139,6 +139,11 @@ impl Metadata {
         self.sb_dirty
     }
 
+    /// A metadata device of `num_blocks` still holds this metadata.
+    pub fn fits(&self, num_blocks: u64) -> bool {
+        num_blocks * self.meta_bs as u64 >= self.layout.total_bytes()
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
