@@ -53,7 +53,7 @@ fn base() -> &'static Base {
             id += 1;
             versions.push(img.clone());
         }
-        let [_, dest, meta] = std::mem::take(&mut e.backend.devs);
+        let [_, dest, meta] = std::mem::take(&mut e.backend_mut().devs);
         Base {
             source,
             dest,
