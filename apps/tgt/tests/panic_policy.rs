@@ -11,21 +11,6 @@ use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-fn malloc(t: &Tgt, name: &str, mib: u64) {
-    t.call(
-        "bdev_malloc_create",
-        Some(json!({"name": name, "num_blocks": mib * 2048, "block_size": 512})),
-    )
-    .unwrap();
-}
-
-fn claimed(t: &Tgt, bdev: &str) -> bool {
-    t.call("bdev_get_bdevs", Some(json!({"name": bdev})))
-        .unwrap()[0]["claimed"]
-        .as_bool()
-        .unwrap()
-}
-
 fn create(t: &Tgt, extra: serde_json::Value) {
     let mut p = json!({"name": "c0", "source_bdev": "src", "destination_bdev": "dst",
         "metadata_bdev": "meta"});
@@ -47,9 +32,9 @@ fn a_panic_in_a_completion_fails_the_clone_and_the_target_carries_on() {
         &[("FAILPOINTS", "engine_req_done=8*off->1*panic->off")],
         &[],
     );
-    malloc(&t, "src", 64);
-    malloc(&t, "dst", 64);
-    malloc(&t, "meta", 4);
+    malloc(&t, "src", 64, 512);
+    malloc(&t, "dst", 64, 512);
+    malloc(&t, "meta", 4, 512);
     create(&t, json!({}));
     let info = t.wait_state("c0", "failed", 30);
     let error = info["error"].as_str().unwrap();
@@ -80,9 +65,9 @@ fn a_panic_in_an_rpc_is_answered_with_an_error() {
         &[("FAILPOINTS", "rpc_set_hydration=panic")],
         &[],
     );
-    malloc(&t, "src", 16);
-    malloc(&t, "dst", 16);
-    malloc(&t, "meta", 4);
+    malloc(&t, "src", 16, 512);
+    malloc(&t, "dst", 16, 512);
+    malloc(&t, "meta", 4, 512);
     create(&t, json!({"no_hydration": true}));
     let (code, msg) = t
         .call(

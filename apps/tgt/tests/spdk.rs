@@ -7,21 +7,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn malloc(t: &Tgt, name: &str, mib: u64, bs: u64) {
-    t.call(
-        "bdev_malloc_create",
-        Some(json!({"name": name, "num_blocks": mib * 1024 * 1024 / bs, "block_size": bs})),
-    )
-    .unwrap();
-}
-
-fn claimed(t: &Tgt, bdev: &str) -> bool {
-    t.call("bdev_get_bdevs", Some(json!({"name": bdev})))
-        .unwrap()[0]["claimed"]
-        .as_bool()
-        .unwrap()
-}
-
 #[test]
 fn lifecycle_through_the_plugin() {
     let dir = scratch("lifecycle");

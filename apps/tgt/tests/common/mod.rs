@@ -31,6 +31,22 @@ pub fn preload_lib() -> PathBuf {
     p
 }
 
+/// A malloc bdev of `mib` MiB with `bs`-byte blocks.
+pub fn malloc(t: &Tgt, name: &str, mib: u64, bs: u64) {
+    t.call(
+        "bdev_malloc_create",
+        Some(serde_json::json!({"name": name, "num_blocks": mib * 1024 * 1024 / bs, "block_size": bs})),
+    )
+    .unwrap();
+}
+
+/// Whether a module claims the bdev (false when it is gone).
+pub fn claimed(t: &Tgt, bdev: &str) -> bool {
+    t.call("bdev_get_bdevs", Some(serde_json::json!({"name": bdev})))
+        .map(|v| v[0]["claimed"].as_bool().unwrap_or(false))
+        .unwrap_or(false)
+}
+
 /// libbdev_clone_spdk.so built with fail points (the fault-injection
 /// feature), which scripts/test builds into its own target directory.
 pub fn fault_injection_lib() -> PathBuf {

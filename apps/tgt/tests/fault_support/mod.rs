@@ -50,12 +50,6 @@ pub fn clear(t: &Tgt, ee: &str) {
     );
 }
 
-pub fn claimed(t: &Tgt, bdev: &str) -> bool {
-    t.call("bdev_get_bdevs", Some(json!({"name": bdev})))
-        .map(|v| v[0]["claimed"].as_bool().unwrap_or(false))
-        .unwrap_or(false)
-}
-
 /// A TCP port of its own for each export of this test process.
 pub fn port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
