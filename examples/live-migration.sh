@@ -39,7 +39,6 @@ NQN_A=nqn.2026-11.io.bdev-clone:node-a
 NQN_B=nqn.2026-11.io.bdev-clone:node-b
 NS_UUID=6b1c7a52-3c0e-4d55-9a43-0a1b2c3d4e5f
 APP=(--no-pci --no-huge -s 1024 --disable-cpumask-locks)
-BDEVPERF_PY=${BDEVPERF_PY:-/opt/spdk-src/examples/bdev/bdevperf/bdevperf.py}
 export PYTHONPATH="$here/python${PYTHONPATH:+:$PYTHONPATH}"
 
 find_tgt() {
@@ -106,10 +105,36 @@ line() {
 }
 header() { printf '%7s  %-22s %7s  %8s  %6s  %s\n' time phase hydrated iops errors note; }
 
+# bdevperf's perform_tests over its JSON-RPC socket ($1), waiting up to $2 seconds for the
+# results; prints them as JSON. (A plain socket client: no SPDK Python package needed.)
+perform_tests() {
+    python3 - "$1" "$2" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(float(sys.argv[2]))
+s.connect(sys.argv[1])
+s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "perform_tests"}).encode())
+buf = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        sys.exit("connection closed before the results")
+    buf += chunk
+    try:
+        r = json.loads(buf)
+        break
+    except ValueError:
+        continue
+if "error" in r:
+    sys.exit(json.dumps(r["error"]))
+print(json.dumps(r["result"]))
+PY
+}
+
 # A C phase: bdevperf verify for PHASE_SEC seconds; sets IOPS and ERRS.
 phase() {
     local out
-    out=$(python3 "$BDEVPERF_PY" -s "$W/c.sock" -t 120 perform_tests 2>&1) || die "perform_tests: $out"
+    out=$(perform_tests "$W/c.sock" 120 2>&1) || die "perform_tests: $out"
     IOPS=$(jq -r '[.results[].iops] | add | floor' <<<"$out")
     ERRS=$(jq -r '[.results[].io_failed] | add' <<<"$out")
 }
@@ -140,7 +165,7 @@ length=$((16 * 128))
 EOF
     start p bdevperf "${APP[@]}" -m 0x2 -z --json "$W/dd.json" -j "$W/probe.job" -t 1 -f
     local out
-    out=$(python3 "$BDEVPERF_PY" -s "$W/p.sock" -t 60 perform_tests 2>&1) || die "probe: $out"
+    out=$(perform_tests "$W/p.sock" 60 2>&1) || die "probe: $out"
     stop p TERM
     # results are in the order of the jobs (both are named after the bdev)
     jq -r '[.results[0].io_failed, (.results[0].iops|floor),
