@@ -163,7 +163,13 @@ impl<B: Backend> Engine<B> {
     /// The hydration rate limit in force, in bytes per second (0 = none):
     /// the busy limit while user I/O was seen in the last 50 ms.
     pub(super) fn rate_limit(&mut self, now: u64) -> f64 {
-        let ios = self.user_ios + self.shared.user_ios();
+        // The routing threads' counters sit behind a lock: sum them at most
+        // once a millisecond, not on every copy completion (the busy window
+        // is 50 ms).
+        if now >= self.routed_ios.1 {
+            self.routed_ios = (self.shared.user_ios(), now + 1_000_000);
+        }
+        let ios = self.user_ios + self.routed_ios.0;
         if ios != self.busy_sample.0 {
             self.busy_sample = (ios, now + 50_000_000);
         }

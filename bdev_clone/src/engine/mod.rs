@@ -228,6 +228,8 @@ pub struct Engine<B: Backend> {
     panicked: bool,
     /// User I/O count at the last sample, and until when the clone counts as busy.
     busy_sample: (u64, u64),
+    /// The routing threads' count at the last sample, and when to sample again.
+    routed_ios: (u64, u64),
 }
 
 impl<B: Backend> Engine<B> {
@@ -284,6 +286,7 @@ impl<B: Backend> Engine<B> {
             aborted: HashSet::new(),
             panicked: false,
             busy_sample: (0, 0),
+            routed_ios: (0, 0),
         };
         let (opener, progress) = Opener::start(params, &mut e.port());
         e.opening = Some(opener);
