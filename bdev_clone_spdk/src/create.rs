@@ -71,20 +71,24 @@ impl CloneBdev {
     }
 }
 
-/// What SPDK knows of the bdev called `name`, for the plan. Whether it
-/// has a volatile cache and whether its flushes reach it come from a walk
-/// down its stack (`bdev_clone::stack`): an lvol or raid reports no cache
-/// of its own over an NVMe drive that has one.
-fn base_facts(name: &str) -> (BaseFacts, Option<FlushCheck>) {
+/// What SPDK knows of the bdev called `name`, for the plan. For a bdev the
+/// clone writes (`written`: destination, metadata), whether it has a
+/// volatile cache and whether its flushes reach it come from a walk down its
+/// stack (`bdev_clone::stack`): an lvol or raid reports no cache of its own
+/// over an NVMe drive that has one. The source is only read: no walk.
+fn base_facts(name: &str, written: bool) -> (BaseFacts, Option<FlushCheck>) {
     let Some(b) = bdev_by_name(name) else {
         return (BaseFacts::default(), None);
     };
-    let check = stack::check_flushes(&stack_of(b, 0));
-    if let FlushVerdict::Unknown { at } = &check.verdict {
+    let check = written.then(|| stack::check_flushes(&stack_of(b, 0)));
+    if let Some(FlushCheck {
+        path,
+        verdict: FlushVerdict::Unknown { at },
+    }) = &check
+    {
         ffi::warn(&format!(
             "bdev_clone: cannot tell whether flushes of '{name}' reach its devices: the stack \
-             is unknown below '{at}' (path {:?})",
-            check.path
+             is unknown below '{at}' (path {path:?})"
         ));
     }
     // SAFETY: properties of a registered bdev, read on the app thread.
@@ -94,15 +98,18 @@ fn base_facts(name: &str) -> (BaseFacts, Option<FlushCheck>) {
             block_size: sys::spdk_bdev_get_block_size(b),
             num_blocks: sys::spdk_bdev_get_num_blocks(b),
             uuid: (*sys::spdk_bdev_get_uuid(b)).u.raw,
-            write_cache: sys::spdk_bdev_has_write_cache(b) || check.volatile(),
+            write_cache: sys::spdk_bdev_has_write_cache(b)
+                || check.as_ref().is_some_and(|c| c.volatile()),
             flush_supported: sys::spdk_bdev_io_type_supported(b, sys::SPDK_BDEV_IO_TYPE_FLUSH),
-            flush_reaches_device: check.reaches_devices(),
-            flush_dropped: matches!(check.verdict, FlushVerdict::Dropped { .. })
-                .then(|| check.describe()),
+            flush_reaches_device: check.as_ref().is_none_or(|c| c.reaches_devices()),
+            flush_dropped: check
+                .as_ref()
+                .filter(|c| matches!(c.verdict, FlushVerdict::Dropped { .. }))
+                .map(|c| c.describe()),
             unmap_supported: sys::spdk_bdev_io_type_supported(b, sys::SPDK_BDEV_IO_TYPE_UNMAP),
         }
     };
-    (facts, Some(check))
+    (facts, check)
 }
 
 /// `bdev` and what its module names below it, down to the devices.
@@ -154,11 +161,11 @@ fn random_uuid() -> [u8; 16] {
 /// Everything the plan needs to know, gathered on the app thread.
 /// With the flush checks of the destination and the metadata.
 fn facts(p: &CreateParams) -> (Facts, [Option<FlushCheck>; 2]) {
-    let (dest, dest_check) = base_facts(&p.destination_bdev);
-    let (meta, meta_check) = base_facts(&p.metadata_bdev);
+    let (dest, dest_check) = base_facts(&p.destination_bdev, true);
+    let (meta, meta_check) = base_facts(&p.metadata_bdev, true);
     let facts = Facts {
         name_taken: bdev_by_name(&p.name).is_some() || find_clone(&p.name).is_some(),
-        source: base_facts(&p.source_bdev).0,
+        source: base_facts(&p.source_bdev, false).0,
         dest,
         meta,
         random_uuid: random_uuid(),
