@@ -60,6 +60,13 @@ def bdev_clone_release_source(args):
     _print(_call(args, 'bdev_clone_release_source', {'name': args.name}))
 
 
+def bdev_clone_set_options(args):
+    params = {}
+    if args.auto_examine is not None:
+        params['auto_examine'] = args.auto_examine
+    _print(_call(args, 'bdev_clone_set_options', params))
+
+
 def spdk_rpc_plugin_initialize(subparsers):
     p = subparsers.add_parser('bdev_clone_create',
                               help='Create a clone of a source bdev on a destination bdev')
@@ -113,6 +120,14 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('name', nargs='?', help='clone name')
     p.add_argument('-b', '--name', dest='name_opt', help='clone name')
     p.set_defaults(func=lambda a: bdev_clone_release_source(_name(a)))
+
+    p = subparsers.add_parser('bdev_clone_set_options', help="Set the bdev_clone module's options")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument('--enable-auto-examine', dest='auto_examine', action='store_true', default=None,
+                   help='assemble clones from the metadata found on new bdevs (the default)')
+    g.add_argument('--disable-auto-examine', dest='auto_examine', action='store_false',
+                   help='do not examine new bdevs for clone metadata')
+    p.set_defaults(func=bdev_clone_set_options)
 
 
 def _name(args):

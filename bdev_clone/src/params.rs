@@ -5,7 +5,7 @@
 use crate::engine::Settings;
 use crate::geometry::MAX_REGION_SIZE;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const MAX_THRESHOLD: u32 = 4096;
@@ -15,7 +15,7 @@ pub const MAX_COMMIT_INTERVAL_MS: u64 = 3_600_000;
 pub const MAX_NAME_LEN: usize = crate::metadata::CLONE_NAME_LEN;
 
 /// `bdev_clone_create`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CreateParams {
     pub name: String,
@@ -71,6 +71,14 @@ pub struct SetHydrationParams {
     pub hydration_batch_size: Option<u32>,
     pub max_bandwidth_mb_sec: Option<u64>,
     pub max_bandwidth_busy_mb_sec: Option<u64>,
+}
+
+/// `bdev_clone_set_options`: the module's options.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SetOptionsParams {
+    /// Assemble clones from the metadata found on new bdevs (examine).
+    pub auto_examine: Option<bool>,
 }
 
 /// Decodes params (absent = `{}`) into `T`; the error names the parameter.
@@ -176,6 +184,30 @@ impl CreateParams {
             commit_interval_ms: self.commit_interval_ms.unwrap_or(d.commit_interval_ms),
             discard_passdown,
         }
+    }
+}
+
+impl CreateParams {
+    /// The run-time settings this create asks for, over `s`: what it leaves
+    /// out stays. (A create of a clone that examine already assembled.)
+    pub fn apply_settings(&self, mut s: Settings) -> Settings {
+        s.hydration_enabled = !self.no_hydration;
+        if let Some(t) = self.hydration_threshold {
+            s.hydration_threshold = t;
+        }
+        if let Some(b) = self.hydration_batch_size {
+            s.hydration_batch_size = b;
+        }
+        if let Some(r) = self.max_bandwidth_mb_sec {
+            s.max_bandwidth_mb_sec = r;
+        }
+        if let Some(r) = self.max_bandwidth_busy_mb_sec {
+            s.max_bandwidth_busy_mb_sec = r;
+        }
+        if let Some(ms) = self.commit_interval_ms {
+            s.commit_interval_ms = ms;
+        }
+        s
     }
 }
 

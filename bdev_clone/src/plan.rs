@@ -14,7 +14,7 @@ use crate::buffers::{class_of, DEFAULT_CAP};
 use crate::geometry::{DeviceInfo, Geometry, GeometryError, MAX_REGION_SIZE};
 use crate::io::Dev;
 use crate::metadata::commit::reserve_for;
-use crate::metadata::{Layout, DEFAULT_PAGE_SIZE};
+use crate::metadata::{decode_slots, newest_valid, Layout, Superblock, DEFAULT_PAGE_SIZE};
 use crate::params::CreateParams;
 use crate::{OpenError, OpenParams};
 
@@ -264,6 +264,60 @@ pub fn bases_ready(p: &CreateParams, exists: impl Fn(&str) -> bool) -> bool {
     (p.source_released || exists(&p.source_bdev))
         && exists(&p.destination_bdev)
         && exists(&p.metadata_bdev)
+}
+
+/// How many bytes from the start of a bdev examine reads: both superblock
+/// slots.
+pub fn examine_len(block_size: u32) -> u64 {
+    2 * Layout::new(block_size, DEFAULT_PAGE_SIZE, 0).sb_area
+}
+
+/// The newest valid superblock in the first [`examine_len`] bytes of a bdev,
+/// or None: blank, another format, or corrupt. Examine claims a bdev only
+/// when this finds one.
+pub fn examined_superblock(data: &[u8], block_size: u32) -> Option<Superblock> {
+    let sb_area = (examine_len(block_size) / 2) as usize;
+    if data.len() < 2 * sb_area {
+        return None;
+    }
+    newest_valid(&decode_slots(data, sb_area)).map(|(_, sb)| sb)
+}
+
+/// The create that assembles the clone whose metadata (superblock `sb`) is
+/// on `metadata_bdev`: its stored name, bases and settings; the stored UUID
+/// and region size are kept by the engine when it resumes. Err when the
+/// superblock predates stored names (format version 1).
+pub fn assembly_params(sb: &Superblock, metadata_bdev: &str) -> Result<CreateParams, String> {
+    if sb.name.is_empty() {
+        return Err(
+            "the metadata predates stored clone names (format version 1); \
+                    create the clone with bdev_clone_create once to store it"
+                .into(),
+        );
+    }
+    let s = sb.settings.clone().unwrap_or_default();
+    let p = CreateParams {
+        name: sb.name.clone(),
+        source_bdev: sb.source_name.clone(),
+        destination_bdev: sb.dest_name.clone(),
+        metadata_bdev: metadata_bdev.to_string(),
+        region_size_kb: None,
+        uuid: None,
+        no_hydration: !s.hydration_enabled,
+        hydration_threshold: Some(s.hydration_threshold),
+        hydration_batch_size: Some(s.hydration_batch_size),
+        max_bandwidth_mb_sec: Some(s.max_bandwidth_mb_sec),
+        max_bandwidth_busy_mb_sec: Some(s.max_bandwidth_busy_mb_sec),
+        commit_interval_ms: Some(s.commit_interval_ms),
+        no_discard_passdown: !s.discard_passdown,
+        format: false,
+        allow_unflushed_destination: false,
+        wait_for_bases: true,
+        source_released: sb.source_released(),
+    };
+    p.validate()
+        .map_err(|e| format!("the stored settings are invalid: {e}"))?;
+    Ok(p)
 }
 
 /// The errno a create answers when the engine could not open the clone.
@@ -654,5 +708,88 @@ mod tests {
         );
         assert_eq!(open_errno(&OpenError::SourceMissing), libc::EINVAL);
         assert_eq!(open_errno(&OpenError::Mismatch("x".into())), libc::EINVAL);
+    }
+
+    fn stored_superblock(name: &str) -> Superblock {
+        Superblock {
+            uuid: [7; 16],
+            seq: 3,
+            block_size: 512,
+            region_size: 4096,
+            region_count: 8,
+            source_blocks: 64,
+            dest_blocks: 64,
+            page_size: 4096,
+            page_count: 1,
+            source_name: "golden".into(),
+            dest_name: "nvme0n1".into(),
+            name: name.into(),
+            settings: Some(Settings {
+                hydration_threshold: 5,
+                max_bandwidth_mb_sec: 40,
+                discard_passdown: false,
+                ..Settings::default()
+            }),
+            ..Superblock::empty()
+        }
+    }
+
+    /// Two slots as a metadata device holds them: `slot` written, the other
+    /// `other`.
+    fn device_start(bs: u32, slot: usize, sb: &Superblock, other: u8) -> Vec<u8> {
+        let len = examine_len(bs) as usize;
+        let mut data = vec![other; len];
+        sb.encode(&mut data[slot * len / 2..(slot + 1) * len / 2]);
+        data
+    }
+
+    #[test]
+    fn examine_claims_only_valid_superblocks() {
+        let sb = stored_superblock("c0");
+        for bs in [512, 4096] {
+            assert_eq!(examine_len(bs), 8192);
+            // Blank, foreign and corrupt: not ours.
+            assert_eq!(examined_superblock(&vec![0; 8192], bs), None);
+            assert_eq!(examined_superblock(&vec![0xa5; 8192], bs), None);
+            let mut torn = device_start(bs, 0, &sb, 0);
+            torn[100] ^= 1;
+            assert_eq!(examined_superblock(&torn, bs), None);
+            // Too short to hold both slots.
+            assert_eq!(examined_superblock(&torn[..4096], bs), None);
+            // Either slot; the newer wins.
+            for slot in 0..2 {
+                let data = device_start(bs, slot, &sb, 0);
+                assert_eq!(examined_superblock(&data, bs), Some(sb.clone()));
+            }
+            let mut newer = sb.clone();
+            newer.seq = 4;
+            newer.regions_hydrated = 2;
+            let mut data = device_start(bs, 0, &sb, 0);
+            newer.encode(&mut data[4096..]);
+            assert_eq!(examined_superblock(&data, bs), Some(newer));
+        }
+    }
+
+    #[test]
+    fn assembly_recreates_the_stored_clone() {
+        let p = assembly_params(&stored_superblock("c0"), "meta0").unwrap();
+        assert_eq!((p.name.as_str(), p.source_bdev.as_str()), ("c0", "golden"));
+        assert_eq!(
+            (p.destination_bdev.as_str(), p.metadata_bdev.as_str()),
+            ("nvme0n1", "meta0")
+        );
+        // The stored UUID and region size are the engine's to keep.
+        assert_eq!((p.uuid, p.region_size_kb), (None, None));
+        assert!(p.wait_for_bases && !p.format && !p.source_released);
+        assert_eq!(p.hydration_threshold, Some(5));
+        assert_eq!(p.max_bandwidth_mb_sec, Some(40));
+        assert!(p.no_discard_passdown && !p.no_hydration);
+        let mut released = stored_superblock("c0");
+        released.flags = crate::metadata::FLAG_SOURCE_RELEASED;
+        assert!(assembly_params(&released, "meta0").unwrap().source_released);
+        // Version 1 stored no name: nothing to assemble.
+        assert!(assembly_params(&stored_superblock(""), "meta0")
+            .unwrap_err()
+            .contains("version 1"));
     }
 }

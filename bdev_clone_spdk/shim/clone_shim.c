@@ -14,6 +14,7 @@ void bdev_clone_rs_module_fini(void);
 int bdev_clone_rs_get_ctx_size(void);
 int bdev_clone_rs_config_json(struct spdk_json_write_ctx *w);
 void bdev_clone_rs_examine_config(struct spdk_bdev *bdev);
+void bdev_clone_rs_examine_disk(struct spdk_bdev *bdev);
 void bdev_clone_rs_rpc(int method, struct spdk_jsonrpc_request *request,
 		       const struct spdk_json_val *params);
 
@@ -24,6 +25,7 @@ static struct spdk_bdev_module g_bdev_clone_if = {
 	.get_ctx_size = bdev_clone_rs_get_ctx_size,
 	.config_json = bdev_clone_rs_config_json,
 	.examine_config = bdev_clone_rs_examine_config,
+	.examine_disk = bdev_clone_rs_examine_disk,
 };
 
 SPDK_BDEV_MODULE_REGISTER(bdev_clone, &g_bdev_clone_if)
@@ -41,6 +43,18 @@ enum bdev_clone_rpc_method {
 #undef BDEV_CLONE_RPC_INDEX
 };
 
+/*
+ * When a method may be called: the module's options also before
+ * framework_start_init, so that a config (or --wait-for-rpc) sets them before
+ * any bdev is examined.
+ */
+static uint32_t
+rpc_state_mask(const char *method)
+{
+	return strcmp(method, "bdev_clone_set_options") == 0 ?
+	       SPDK_RPC_STARTUP | SPDK_RPC_RUNTIME : SPDK_RPC_RUNTIME;
+}
+
 /* One handler per method, registered from a constructor by SPDK_RPC_REGISTER. */
 #define BDEV_CLONE_RPC_REGISTER(method)                                              \
 	static void rpc_##method(struct spdk_jsonrpc_request *r,                     \
@@ -48,7 +62,7 @@ enum bdev_clone_rpc_method {
 	{                                                                            \
 		bdev_clone_rs_rpc(BDEV_CLONE_RPC_##method, r, p);                    \
 	}                                                                            \
-	SPDK_RPC_REGISTER(#method, rpc_##method, SPDK_RPC_RUNTIME)
+	SPDK_RPC_REGISTER(#method, rpc_##method, rpc_state_mask(#method))
 
 BDEV_CLONE_RPC_METHODS(BDEV_CLONE_RPC_REGISTER)
 

@@ -10,11 +10,12 @@
 #ifndef BDEV_CLONE_RPC_METHODS_H
 #define BDEV_CLONE_RPC_METHODS_H
 
-#define BDEV_CLONE_RPC_METHODS(X)   \
-	X(bdev_clone_create)        \
-	X(bdev_clone_delete)        \
-	X(bdev_clone_get_clones)    \
-	X(bdev_clone_set_hydration) \
-	X(bdev_clone_release_source)
+#define BDEV_CLONE_RPC_METHODS(X)    \
+	X(bdev_clone_create)         \
+	X(bdev_clone_delete)         \
+	X(bdev_clone_get_clones)     \
+	X(bdev_clone_set_hydration)  \
+	X(bdev_clone_release_source) \
+	X(bdev_clone_set_options)
 
 #endif

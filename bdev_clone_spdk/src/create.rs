@@ -5,8 +5,10 @@
 
 use crate::backend::{dev_index, Base, SpdkBackend, DEVS};
 use crate::channel::{chan_create, chan_destroy, Chan, IoDevice};
+use crate::examine;
 use crate::ffi::{self, Responder};
-use crate::module::{bdev_by_name, find_clone, module, CLONES, PENDING};
+use crate::json::uuid_string;
+use crate::module::{bdev_by_name, find_clone, module, CLONES};
 use crate::vbdev::{CloneBdev, FN_TABLE};
 use bdev_clone::params::CreateParams;
 use bdev_clone::plan::{self, BaseFacts, BaseOpen, Facts};
@@ -80,7 +82,12 @@ fn base_facts(name: &str, written: bool) -> (BaseFacts, Option<FlushCheck>) {
     let Some(b) = bdev_by_name(name) else {
         return (BaseFacts::default(), None);
     };
-    let check = written.then(|| stack::check_flushes(&stack_of(b, 0)));
+    let check = written.then(|| {
+        let mut top = stack_of(b, 0);
+        // The name the operator gave (an lvol's alias, not its UUID name).
+        top.name = name.to_string();
+        stack::check_flushes(&top)
+    });
     if let Some(FlushCheck {
         path,
         verdict: FlushVerdict::Unknown { at },
@@ -176,22 +183,53 @@ fn facts(p: &CreateParams) -> (Facts, [Option<FlushCheck>; 2]) {
 
 /// Validates, opens and claims the base bdevs, then starts the engine. The
 /// reply is sent when the metadata is loaded or formatted.
+///
+/// With `wait_for_bases` (as save_config writes it), a create whose bases
+/// are missing waits for them (`examine::wait`). A create of a clone that
+/// exists over the same bases (examine assembled it before a config's create
+/// ran) is no error: its run-time settings are applied and it answers the
+/// name, so that a config and examine can both bring a clone back.
 pub fn create(p: CreateParams, reply: Responder) {
+    if let Some(c) = find_clone(&p.name) {
+        // SAFETY: registry pointers are live on this thread.
+        let c = unsafe { &mut *c };
+        let q = &c.params;
+        let same = q.destination_bdev == p.destination_bdev
+            && q.metadata_bdev == p.metadata_bdev
+            && (q.source_bdev == p.source_bdev || p.source_released)
+            && p.uuid
+                .as_ref()
+                .is_none_or(|u| u.eq_ignore_ascii_case(&uuid_string(&c.uuid)));
+        if same && !c.unregistering {
+            if let Err(m) = p.validate() {
+                return reply.err(libc::EINVAL, &m);
+            }
+            ffi::notice(&format!(
+                "bdev_clone {}: already assembled over these bases; settings applied",
+                p.name
+            ));
+            let s = p.apply_settings(c.settings());
+            c.set_settings(s);
+            return reply.ok(json!(p.name));
+        }
+    }
     if p.wait_for_bases && !plan::bases_ready(&p, |n| bdev_by_name(n).is_some()) {
-        let mut pending = PENDING.lock().unwrap();
-        if pending.iter().any(|q| q.name == p.name) || find_clone(&p.name).is_some() {
+        return examine::wait(p, reply);
+    }
+    // A waiting clone stops waiting and is created with these parameters;
+    // if that fails it waits again.
+    if let Some(meta) = examine::waiting_metadata(&p.name) {
+        if meta != p.metadata_bdev {
             return reply.err(
                 libc::EEXIST,
-                &format!("a clone named '{}' already exists", p.name),
+                &format!(
+                    "a clone named '{}' already waits for metadata bdev '{meta}'",
+                    p.name
+                ),
             );
         }
-        ffi::notice(&format!(
-            "bdev_clone {}: waiting for its base bdevs",
-            p.name
-        ));
-        pending.push(p.clone());
-        return reply.ok(json!(p.name));
     }
+    let waited = examine::take_waiting(&p.name);
     match start_create(p) {
         Ok(clone) => {
             // SAFETY: freshly created, live.
@@ -199,7 +237,12 @@ pub fn create(p: CreateParams, reply: Responder) {
             c.create_req = Some(reply);
             c.after_engine();
         }
-        Err((errno, msg)) => reply.err(errno, &msg),
+        Err((errno, msg)) => {
+            if let Some(w) = waited {
+                examine::failed(w, &msg);
+            }
+            reply.err(errno, &msg)
+        }
     }
 }
 

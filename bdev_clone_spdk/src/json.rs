@@ -96,7 +96,7 @@ pub(crate) unsafe extern "C" fn fn_dump_info_json(
     })
 }
 
-fn uuid_string(u: &sys::spdk_uuid) -> String {
+pub(crate) fn uuid_string(u: &sys::spdk_uuid) -> String {
     let mut buf = [0 as std::ffi::c_char; 37];
     // SAFETY: a 37-byte buffer is what spdk_uuid_fmt_lower needs.
     unsafe { sys::spdk_uuid_fmt_lower(buf.as_mut_ptr(), buf.len(), u) };

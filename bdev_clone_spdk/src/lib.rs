@@ -8,7 +8,9 @@
 //! Read it in the order of a bdev's life, as SPDK's
 //! `module/bdev/passthru/vbdev_passthru.c` reads:
 //! - `module`: what SPDK's module table calls (init, config_json, examine),
-//!   the registry of live clones, creates waiting for their base bdevs;
+//!   the registry of live clones;
+//! - `examine`: clones waiting for their base bdevs, and clones assembled
+//!   from the metadata examine finds on new bdevs;
 //! - `vbdev`: one clone: its function table, destruct, the engine's poller,
 //!   what the clone does with the engine's notices;
 //! - `io`: submit_request, io_type_supported, the pass-through of reads and
@@ -38,6 +40,7 @@ mod backend;
 mod channel;
 mod create;
 mod dma;
+mod examine;
 mod ffi;
 mod io;
 mod json;

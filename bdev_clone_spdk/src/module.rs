@@ -1,14 +1,13 @@
 //! The module: what SPDK's module table (registered by the C shim) calls,
-//! the registry of live clones, and examine (pending creates whose base
-//! bdevs appear later).
+//! and the registry of live clones. Examine and waiting clones: examine.rs.
 
-use crate::create::start_create;
+use crate::examine::{self, AUTO_EXAMINE};
 use crate::ffi;
 use crate::vbdev::CloneBdev;
-use bdev_clone::params::CreateParams;
-use bdev_clone::plan;
+use serde_json::json;
 use spdk_sys as sys;
 use std::ffi::{c_int, CString};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 unsafe extern "C" {
@@ -32,30 +31,54 @@ pub extern "C" fn bdev_clone_rs_module_init() -> c_int {
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn bdev_clone_rs_module_fini() {}
+pub extern "C" fn bdev_clone_rs_module_fini() {
+    ffi::guard("module_fini", (), examine::release_all)
+}
 
 #[unsafe(no_mangle)]
 pub extern "C" fn bdev_clone_rs_get_ctx_size() -> c_int {
     0
 }
 
-/// `save_config`: one `bdev_clone_create` per clone, which resumes it.
+/// `save_config`: the module's options, then one `bdev_clone_create` per
+/// clone (which resumes it) and per waiting clone.
 #[unsafe(no_mangle)]
 pub extern "C" fn bdev_clone_rs_config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
     ffi::guard("config_json", 0, || {
-        for_each_clone(|c| {
-            // SAFETY: SPDK's writer, positioned inside the bdev config array.
-            unsafe { ffi::write_value(w, &c.config()) }
+        let options = json!({
+            "method": "bdev_clone_set_options",
+            "params": {"auto_examine": AUTO_EXAMINE.load(Ordering::Relaxed)},
         });
+        // SAFETY (all three): SPDK's writer, positioned inside the bdev
+        // config array.
+        unsafe { ffi::write_value(w, &options) };
+        for_each_clone(|c| unsafe { ffi::write_value(w, &c.config()) });
+        examine::for_each_waiting(|c| unsafe { ffi::write_value(w, &c.config()) });
         0
     })
 }
 
+/// A new bdev may be the last base a waiting clone needs.
 #[unsafe(no_mangle)]
-pub extern "C" fn bdev_clone_rs_examine_config(bdev: *mut sys::spdk_bdev) {
-    ffi::guard("examine_config", (), || examine(bdev));
+pub extern "C" fn bdev_clone_rs_examine_config(_bdev: *mut sys::spdk_bdev) {
+    ffi::guard("examine_config", (), examine::assemble_ready);
     // SAFETY: every examine_config call must be answered exactly once.
     unsafe { sys::spdk_bdev_module_examine_done(module()) };
+}
+
+/// A new bdev may hold a clone's metadata (`examine::examine_disk` answers
+/// SPDK's examine, once its read is done).
+#[unsafe(no_mangle)]
+pub extern "C" fn bdev_clone_rs_examine_disk(bdev: *mut sys::spdk_bdev) {
+    let answered = ffi::guard("examine_disk", false, || {
+        examine::examine_disk(bdev);
+        true
+    });
+    if !answered {
+        // SAFETY: the panic came before the examine was answered or a read
+        // was submitted (nothing after the submit can panic): answer it.
+        unsafe { sys::spdk_bdev_module_examine_done(module()) };
+    }
 }
 
 /// Pointers to every live clone; touched only on the app thread.
@@ -83,29 +106,4 @@ pub(crate) fn bdev_by_name(name: &str) -> Option<*mut sys::spdk_bdev> {
     // SAFETY: lookup by a valid C string.
     let b = unsafe { sys::spdk_bdev_get_by_name(n.as_ptr()) };
     (!b.is_null()).then_some(b)
-}
-
-/// Creates waiting for their base bdevs (`wait_for_bases`).
-pub(crate) static PENDING: Mutex<Vec<CreateParams>> = Mutex::new(Vec::new());
-
-/// The module's examine_config: a new bdev may complete a pending create.
-pub fn examine(_bdev: *mut sys::spdk_bdev) {
-    let ready: Vec<CreateParams> = {
-        let mut pending = PENDING.lock().unwrap();
-        let (ready, waiting) = pending
-            .drain(..)
-            .partition(|p| plan::bases_ready(p, |n| bdev_by_name(n).is_some()));
-        *pending = waiting;
-        ready
-    };
-    for p in ready {
-        let name = p.name.clone();
-        match start_create(p) {
-            // SAFETY: freshly created, live.
-            Ok(clone) => unsafe { (*clone).after_engine() },
-            Err((_, msg)) => {
-                ffi::error(&format!("bdev_clone {name}: deferred create failed: {msg}"))
-            }
-        }
-    }
 }

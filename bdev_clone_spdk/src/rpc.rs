@@ -4,20 +4,31 @@
 //! typed struct; a bad one gets -EINVAL with a message naming it.
 
 use crate::create;
+use crate::examine::{self, AUTO_EXAMINE};
 use crate::ffi::{self, Responder};
 use crate::module;
-use bdev_clone::params::{decode, CreateParams, GetParams, NameParams, SetHydrationParams};
+use bdev_clone::params::{
+    decode, CreateParams, GetParams, NameParams, SetHydrationParams, SetOptionsParams,
+};
 use libc::{EBUSY, EINVAL, ENODEV};
 use serde_json::{json, Value};
 use spdk_sys as sys;
 use std::ffi::c_int;
+use std::sync::atomic::Ordering;
 
 // `Method`: one variant per entry of shim/rpc_methods.h, which the shim
 // registers (the shim passes a method's position as its index).
 include!(concat!(env!("OUT_DIR"), "/rpc_methods.rs"));
 
+/// No open clone is called `name`: it may still wait for its bases.
 fn no_clone(name: &str) -> (i32, String) {
-    (ENODEV, format!("no clone named '{name}'"))
+    match examine::waiting_metadata(name) {
+        Some(_) => (
+            EBUSY,
+            format!("clone '{name}' is waiting for its base bdevs (see bdev_clone_get_clones)"),
+        ),
+        None => (ENODEV, format!("no clone named '{name}'")),
+    }
 }
 
 /// # Safety
@@ -50,6 +61,9 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
         }
         Some(Method::Delete) => {
             let p: NameParams = decode(params).map_err(|m| (EINVAL, m))?;
+            if examine::delete_waiting(&p.name) {
+                return Ok(Some(json!(true)));
+            }
             let c = module::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;
             // SAFETY: registry pointers are live on this thread.
             let c = unsafe { &mut *c };
@@ -62,6 +76,11 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
             module::for_each_clone(|c| {
                 if c.is_open() && p.name.as_deref().is_none_or(|n| n == c.params.name) {
                     out.push(c.info());
+                }
+            });
+            examine::for_each_waiting(|w| {
+                if p.name.as_deref().is_none_or(|n| n == w.params.name) {
+                    out.push(w.info());
                 }
             });
             if let (Some(n), true) = (&p.name, out.is_empty()) {
@@ -93,6 +112,13 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
             }
             c.release_source(take());
             Ok(None)
+        }
+        Some(Method::SetOptions) => {
+            let p: SetOptionsParams = decode(params).map_err(|m| (EINVAL, m))?;
+            if let Some(on) = p.auto_examine {
+                AUTO_EXAMINE.store(on, Ordering::Relaxed);
+            }
+            Ok(Some(json!(true)))
         }
         None => Err((EINVAL, "unknown method".into())),
     })();

@@ -386,6 +386,22 @@ impl Superblock {
     }
 }
 
+/// Both superblock slots decoded from the first `2 * sb_area` bytes of a
+/// metadata device.
+pub fn decode_slots(data: &[u8], sb_area: usize) -> [Result<Superblock, SbError>; 2] {
+    [
+        Superblock::decode(&data[..sb_area]),
+        Superblock::decode(&data[sb_area..2 * sb_area]),
+    ]
+}
+
+/// The slot holding the valid superblock with the highest sequence, and it.
+pub fn newest_valid(slots: &[Result<Superblock, SbError>; 2]) -> Option<(u8, Superblock)> {
+    (0..2u8)
+        .filter_map(|i| slots[i as usize].as_ref().ok().map(|sb| (i, sb.clone())))
+        .max_by_key(|(_, sb)| sb.seq)
+}
+
 /// Encodes bitmap page `index` holding `words` (as many as fit; missing words
 /// are zero) into `buf` (one page).
 pub fn encode_page(buf: &mut [u8], index: u32, seq: u64, nonce: u64, words: &[u64]) {

@@ -10,7 +10,8 @@
 
 use super::commit::reserve_for;
 use super::{
-    valid_page_size, Layout, MetaPort, MetaReq, Metadata, SbError, Superblock, DEFAULT_PAGE_SIZE,
+    decode_slots, newest_valid, valid_page_size, Layout, MetaPort, MetaReq, Metadata, SbError,
+    Superblock, DEFAULT_PAGE_SIZE,
 };
 use crate::buffers::{class_of, DEFAULT_CAP};
 use crate::engine::Settings;
@@ -374,14 +375,8 @@ impl Opener {
     fn superblocks_read(&mut self, port: &mut impl MetaPort, data: &[u8]) -> OpenProgress {
         let p = &self.params;
         let sb_area = Layout::new(p.meta.block_size, p.page_size, 0).sb_area as usize;
-        let slots = [
-            Superblock::decode(&data[..sb_area]),
-            Superblock::decode(&data[sb_area..2 * sb_area]),
-        ];
-        let best = (0..2u8)
-            .filter_map(|i| slots[i as usize].as_ref().ok().map(|sb| (i, sb.clone())))
-            .max_by_key(|(_, sb)| sb.seq);
-        match best {
+        let slots = decode_slots(data, sb_area);
+        match newest_valid(&slots) {
             Some((slot, sb)) => match check_compatible(p, &sb) {
                 Ok(()) => self.load(port, slot, sb),
                 Err(_) if p.format => self.format(port),
