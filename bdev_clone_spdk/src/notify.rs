@@ -12,12 +12,16 @@
 //!
 //! An event is sent once per change of the engine's state (`CloneState`)
 //! into one of these, seen after every call into the engine
-//! (`CloneBdev::after_engine`): the moment `bdev_clone_get_clones` would
-//! first show it. A clone that opens (create, or resume after a restart) in
-//! `hydrated` or `source_released` announces that state once too, so that a
-//! tool waiting for the event after a restart does not wait forever.
+//! (`CloneBdev::after_engine`). `hydrated` is sent once it is durable: when
+//! the commit that records the last region has completed (get_clones shows
+//! `hydrated` a moment earlier; a commit that fails sends `read_only` or
+//! `failed` instead). `source_released` is durable when the engine enters it.
+//! A clone that opens (create, or resume after a restart) in `hydrated` or
+//! `source_released` announces that state once too, so that a tool waiting
+//! for the event after a restart does not wait forever.
 
-use bdev_clone::CloneState;
+use bdev_clone::io::Backend;
+use bdev_clone::{CloneState, Engine};
 use spdk_sys as sys;
 use std::ffi::{CStr, CString};
 use std::sync::Once;
@@ -115,11 +119,18 @@ impl Default for StateWatch {
 }
 
 impl StateWatch {
-    /// The event to send now that the clone is in `state`: one when the
-    /// state changed into one that has an event.
-    pub fn observe(&mut self, state: CloneState) -> Option<Event> {
+    /// The event to send now that the engine is where it is: one when its
+    /// state changed into one that has an event (`hydrated` only once every
+    /// region's hydration is committed).
+    pub fn observe<B: Backend>(&mut self, engine: &Engine<B>) -> Option<Event> {
+        let state = engine.state();
         if state == self.last {
             return None;
+        }
+        if state == CloneState::Hydrated
+            && engine.committed_regions() < engine.geometry().region_count
+        {
+            return None; // not durable yet: seen again after the commit
         }
         self.last = state;
         Event::on_entering(state)

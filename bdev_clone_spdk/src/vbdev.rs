@@ -183,10 +183,10 @@ impl CloneBdev {
         if !self.registered {
             return;
         }
-        let Some(state) = self.engine.as_ref().map(|e| e.state()) else {
+        let Some(engine) = self.engine.as_ref() else {
             return;
         };
-        if let Some(event) = self.events.observe(state) {
+        if let Some(event) = self.events.observe(engine) {
             notify::send(event, &self.params.name);
         }
     }
