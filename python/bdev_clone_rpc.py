@@ -79,9 +79,9 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('--no-hydration', action='store_true', help='do not hydrate in the background')
     p.add_argument('--hydration-threshold', type=int, help='regions copied at once')
     p.add_argument('--hydration-batch-size', type=int, help='contiguous regions per copy')
-    p.add_argument('--max-bandwidth-mb-sec', type=int, help='hydration rate limit (0 = unlimited)')
+    p.add_argument('--max-bandwidth-mb-sec', type=int, help='hydration rate limit in MiB/s (0 = unlimited)')
     p.add_argument('--max-bandwidth-busy-mb-sec', type=int,
-                   help='hydration rate limit while user I/O runs (default 64; 0 = no separate limit)')
+                   help='hydration rate limit in MiB/s while user I/O runs (default 64; 0 = no separate limit)')
     p.add_argument('--commit-interval-ms', type=int, help='metadata commit period (default 1000)')
     p.add_argument('--no-discard-passdown', action='store_true', help='do not pass unmaps to the destination')
     p.add_argument('--format', action='store_true',
@@ -110,9 +110,9 @@ def spdk_rpc_plugin_initialize(subparsers):
     g.add_argument('-x', '--disable', dest='enable', action='store_false', help='pause hydration')
     p.add_argument('--hydration-threshold', type=int, help='regions copied at once')
     p.add_argument('--hydration-batch-size', type=int, help='contiguous regions per copy')
-    p.add_argument('--max-bandwidth-mb-sec', type=int, help='hydration rate limit (0 = unlimited)')
+    p.add_argument('--max-bandwidth-mb-sec', type=int, help='hydration rate limit in MiB/s (0 = unlimited)')
     p.add_argument('--max-bandwidth-busy-mb-sec', type=int,
-                   help='hydration rate limit while user I/O runs (default 64; 0 = no separate limit)')
+                   help='hydration rate limit in MiB/s while user I/O runs (default 64; 0 = no separate limit)')
     p.set_defaults(func=bdev_clone_set_hydration)
 
     p = subparsers.add_parser('bdev_clone_release_source',

@@ -7,6 +7,7 @@
 #include <spdk/json.h>
 #include <spdk/jsonrpc.h>
 #include <spdk/log.h>
+#include <spdk/notify.h>
 #include <spdk/rpc.h>
 #include <spdk/string.h>
 #include <spdk/thread.h>

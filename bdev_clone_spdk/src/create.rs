@@ -268,6 +268,7 @@ pub(crate) fn start_create(p: CreateParams) -> Result<*mut CloneBdev, RpcError> 
         close_source_pending: false,
         uuid,
         registered: false,
+        events: Default::default(),
         unregistering: false,
         create_req: None,
         release_req: None,

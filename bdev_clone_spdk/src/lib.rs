@@ -23,6 +23,7 @@
 //!   requests on the clone thread's channels, deferred completions, notices,
 //!   retries;
 //! - `dma`: DMA-capable memory for the engine's buffers;
+//! - `notify`: SPDK notifications (events) when a clone's state changes;
 //! - `rpc`: the JSON-RPC methods (listed once, in shim/rpc_methods.h);
 //! - `ffi`: panic guards, logging, JSON-RPC replies; `app`: the target app.
 //!
@@ -45,5 +46,6 @@ mod ffi;
 mod io;
 mod json;
 mod module;
+mod notify;
 mod rpc;
 mod vbdev;

@@ -22,6 +22,7 @@ pub fn module() -> *mut sys::spdk_bdev_module {
 #[unsafe(no_mangle)]
 pub extern "C" fn bdev_clone_rs_module_init() -> c_int {
     ffi::guard("module_init", -libc::EINVAL, || {
+        crate::notify::register_types();
         // Fail points come from FAILPOINTS in the environment (tests only:
         // without the fault-injection feature this is empty).
         #[cfg(feature = "fault-injection")]

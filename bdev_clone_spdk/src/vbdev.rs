@@ -15,6 +15,7 @@ use crate::ffi::{self, Responder};
 use crate::io::{fn_io_type_supported, fn_submit};
 use crate::json::fn_dump_info_json;
 use crate::module::CLONES;
+use crate::notify::{self, StateWatch};
 use bdev_clone::params::CreateParams;
 use bdev_clone::plan;
 use bdev_clone::{Engine, Notice, Settings};
@@ -49,6 +50,8 @@ pub struct CloneBdev {
     pub dest_flush_sent: bool,
     /// What the walks down the destination's and metadata's stacks found.
     pub flush_checks: [Option<bdev_clone::stack::FlushCheck>; 2],
+    /// The state last announced as an SPDK notification (`notify`).
+    pub(crate) events: StateWatch,
 }
 
 /// Only the callbacks the clone implements; the rest stay NULL, whatever
@@ -150,6 +153,7 @@ impl CloneBdev {
     /// wants. Called after every call into the engine.
     pub(crate) fn after_engine(&mut self) {
         loop {
+            self.announce_state();
             if let Some((id, r)) = self.engine_mut().backend_mut().pop_deferred() {
                 self.engine_mut().complete(id, r);
                 continue;
@@ -171,6 +175,20 @@ impl CloneBdev {
             self.close_source();
         }
         self.update_poller();
+    }
+
+    /// Sends the SPDK notification of a state the engine just entered
+    /// (`notify`), once registered: a create that fails announces nothing.
+    fn announce_state(&mut self) {
+        if !self.registered {
+            return;
+        }
+        let Some(engine) = self.engine.as_ref() else {
+            return;
+        };
+        if let Some(event) = self.events.observe(engine) {
+            notify::send(event, &self.params.name);
+        }
     }
 
     /// An idle clone costs nothing: it has a poller only while the engine
