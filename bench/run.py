@@ -22,7 +22,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB = os.path.join(ROOT, "target", "release", "libbdev_clone_spdk.so")
-APP = ["--no-pci", "--no-huge", "--disable-cpumask-locks", "-m", "0x1"]
+# --hugepages: the apps run on hugepages (production's setting), not --no-huge.
+HUGEPAGES = False
+
+
+def app_args(mask="0x1"):
+    """The SPDK app flags of every run: no PCI devices, this machine's memory
+    setting, reactors on `mask`."""
+    return ["--no-pci", *([] if HUGEPAGES else ["--no-huge"]), "--disable-cpumask-locks", "-m", mask]
 MIB = 1 << 20
 
 
@@ -68,7 +75,7 @@ def wait_sock(sock, proc, log):
 class App:
     """An SPDK app (bdevperf in -z mode or spdk_tgt) with a JSON config."""
 
-    def __init__(self, tmp, name, argv, config, mem_mb):
+    def __init__(self, tmp, name, argv, config, mem_mb, mask="0x1"):
         self.sock = os.path.join(tmp, name + ".sock")
         self.log = os.path.join(tmp, name + ".log")
         cfg = os.path.join(tmp, name + ".json")
@@ -76,7 +83,7 @@ class App:
             json.dump({"subsystems": [{"subsystem": "bdev", "config": config}]}, f)
         env = dict(os.environ, LD_PRELOAD=LIB)
         self.proc = subprocess.Popen(
-            argv + APP + ["-s", str(mem_mb), "-r", self.sock, "--json", cfg],
+            argv + app_args(mask) + ["-s", str(mem_mb), "-r", self.sock, "--json", cfg],
             stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=env)
         wait_sock(self.sock, self.proc, self.log)
 
@@ -147,65 +154,113 @@ def bdevperf():
 
 
 def perf(app, workload, qd, secs, size=4096):
+    """One bdevperf run: (IOPS summed over its jobs, mean latency in µs of its jobs)."""
     r = app.call("perform_tests", {"workload_type": workload, "queue_depth": qd, "io_size": str(size),
                                    "time_in_sec": secs}, timeout=secs + 120)
-    job = r["results"][0]
-    return job["iops"], job["avg_latency_us"]
+    jobs = r["results"]
+    return sum(j["iops"] for j in jobs), statistics.mean(j["avg_latency_us"] for j in jobs)
 
 
 # ------------------------------------------------------------------ 1. I/O path
 
-def io_configs(size_mib):
-    src_dst = [*malloc("src", size_mib), *malloc("dst", size_mib), *malloc("meta", 8)]
-    esnap = [*malloc("src", size_mib), *malloc("lvsbase", size_mib * 2, touch=False),
-             *esnap_clone(65536)]
-    return [
-        ("base bdev (malloc)", [*malloc("base", size_mib)], "base", None),
-        ("passthru vbdev", [*malloc("base", size_mib), {"method": "bdev_passthru_create", "params": {"base_bdev_name": "base", "name": "pt"}}], "pt", None),
+def base_dev(kind, name, mib):
+    """A base bdev of `kind`: malloc (memcpy per I/O) or null (no data: what is
+    left is the stack's own cost)."""
+    return malloc(name, mib) if kind == "malloc" else [null(name, mib)]
+
+
+def io_configs(size_mib, kind="malloc"):
+    dev = lambda name, mib=size_mib: base_dev(kind, name, mib)
+    src_dst = [*dev("src"), *dev("dst"), *malloc("meta", 8)]
+    cfgs = [
+        (f"base bdev ({kind})", [*dev("base")], "base", None),
+        ("passthru vbdev", [*dev("base"), {"method": "bdev_passthru_create",
+                                           "params": {"base_bdev_name": "base", "name": "pt"}}], "pt", None),
         ("bdev_clone, hydrated", src_dst + [clone("c0")], "c0", "hydrate"),
         ("bdev_clone, unhydrated", src_dst + [clone("c0", no_hydration=True)], "c0", None),
-        ("lvol esnap clone", esnap, "lvs/esnap", None),
-        ("lvol esnap clone, inflated", esnap, "lvs/esnap", "inflate"),
     ]
+    if kind == "malloc":
+        esnap = [*malloc("src", size_mib), *malloc("lvsbase", size_mib * 2, touch=False), *esnap_clone(65536)]
+        cfgs += [("lvol esnap clone", esnap, "lvs/esnap", None),
+                 ("lvol esnap clone, inflated", esnap, "lvs/esnap", "inflate")]
+    return cfgs
 
 
-def bench_io(tmp, size_mib, secs, rows, rounds):
-    samples = {}
+def copied_share(app, target):
+    """How much of an unhydrated clone (or esnap clone) the cell's writes had
+    copied by its end: regions hydrated, or clusters allocated, over the total."""
+    if target == "c0":
+        c = app.call("bdev_clone_get_clones", {"name": "c0"})[0]
+        return c["regions_hydrated"] / c["regions_total"]
+    b = app.call("bdev_get_bdevs", {"name": target})[0]
+    lvol = b["driver_specific"]["lvol"]
+    total = b["num_blocks"] * b["block_size"] // (64 << 10)
+    return lvol["num_allocated_clusters"] / total
+
+
+def bench_io(tmp, size_mib, secs, rows, rounds, kind="malloc", cores=1, qds=(1, 32, 128)):
+    """4 KiB random reads and writes. Every cell starts a fresh app (a fresh
+    clone): a write cell on an unhydrated clone would otherwise run on regions
+    earlier cells had already copied. With two cores, bdevperf runs one job
+    per core on the same bdev (-C), each at the cell's queue depth."""
+    mask = "0x3" if cores == 2 else "0x1"
+    extra = ["-C"] if cores == 2 else []
+    samples, shares = {}, {}
+    cells = [(w, q) for w in ("randread", "randwrite") for q in qds]
+    mem = size_mib * 4 + 512 if kind == "malloc" else 1024
     for rnd in range(rounds):
         # Interleaved rounds: a slow spell of the machine hits every configuration.
-        for label, config, target, prep in io_configs(size_mib):
-            app = App(tmp, "io", [bdevperf(), "-z", "-T", target, "-q", "1", "-o", "4096", "-w", "randread", "-t", "1"],
-                      config, size_mib * 4 + 512)
-            try:
-                if prep == "hydrate":
-                    app.wait_hydrated("c0")
-                elif prep == "inflate":
-                    app.call("bdev_lvol_inflate", {"name": "lvs/esnap"})
-                for workload in ("randread", "randwrite"):
-                    for qd in (1, 32, 128):
-                        samples.setdefault((label, workload, qd), []).append(perf(app, workload, qd, secs))
-            finally:
-                app.stop()
-        print(f"  I/O path: round {rnd + 1} of {rounds} done", file=sys.stderr)
-    # Median of the rounds.
+        for label, config, target, prep in io_configs(size_mib, kind):
+            for w, q in cells:
+                app = App(tmp, "io", [bdevperf(), "-z", *extra, "-T", target, "-q", "1", "-o", "4096",
+                                      "-w", "randread", "-t", "1"], config, mem, mask)
+                try:
+                    if prep == "hydrate":
+                        app.wait_hydrated("c0")
+                    elif prep == "inflate":
+                        app.call("bdev_lvol_inflate", {"name": "lvs/esnap"})
+                    samples.setdefault((label, w, q), []).append(perf(app, w, q, secs))
+                    if prep is None and target != "base" and target != "pt" and w == "randwrite":
+                        shares.setdefault((label, q), []).append(copied_share(app, target))
+                finally:
+                    app.stop()
+        print(f"  I/O path ({kind}, {cores} core(s)): round {rnd + 1} of {rounds} done", file=sys.stderr)
     results = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
-    rows.append(f"## 1. I/O path: 4 KiB random I/O, one core (median of {rounds} interleaved rounds, {secs} s per cell)\n")
-    rows.append("| configuration | read QD1 IOPS | read QD32 | read QD128 | write QD1 | write QD32 | write QD128 | cycles/IO (read QD128) |")
-    rows.append("|---|---|---|---|---|---|---|---|")
+    where = "one core" if cores == 1 else "two reactors (-m 0x3, one bdevperf job per core, QD per core)"
+    mem = ("hugepages" if HUGEPAGES else "--no-huge")
+    rows.append(f"## 1{'' if kind == 'malloc' and cores == 1 else f' ({kind}, {cores} cores)'}. I/O path: 4 KiB "
+                f"random I/O on {kind} bdevs, {where}, {mem} (median of {rounds} interleaved rounds, {secs} s per "
+                "cell, a fresh app and clone per cell)\n")
+    rows.append("| configuration | " + " | ".join(f"{'read' if w == 'randread' else 'write'} QD{q}" for w, q in cells)
+                + (" | cycles/IO (read QD128) |" if cores == 1 else " |"))
+    rows.append("|---|" + "---|" * len(cells) + ("---|" if cores == 1 else ""))
     hz = tsc_hz()
-    for label, *_ in io_configs(size_mib):
-        cells = [f"{results[(label, w, q)][0]:,.0f}" for w in ("randread", "randwrite") for q in (1, 32, 128)]
-        cyc = hz / results[(label, "randread", 128)][0] if hz else 0
-        rows.append(f"| {label} | " + " | ".join(cells) + f" | {cyc:,.0f} |")
+    for label, *_ in io_configs(size_mib, kind):
+        line = f"| {label} | " + " | ".join(f"{results[(label, w, q)][0]:,.0f}" for w, q in cells) + " |"
+        if cores == 1:
+            cyc = hz / results[(label, "randread", 128)][0] if hz else 0
+            line += f" {cyc:,.0f} |"
+        rows.append(line)
     pt = "passthru vbdev"
+    ratio_qds = [q for q in qds if q != 1]
     rows.append("\nRatios to passthru (IOPS), the median over the rounds of each round's ratio (the two ran "
                 "seconds apart, so a slow spell of the VM hits both):\n")
-    rows.append("| configuration | read QD32 | read QD128 | write QD32 | write QD128 |")
-    rows.append("|---|---|---|---|---|")
-    for label in ("bdev_clone, hydrated", "bdev_clone, unhydrated", "lvol esnap clone", "lvol esnap clone, inflated"):
-        cells = [f"{statistics.median(c[0] / p[0] for c, p in zip(samples[(label, w, q)], samples[(pt, w, q)])) * 100:.1f}%"
-                 for w in ("randread", "randwrite") for q in (32, 128)]
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    rows.append("| configuration | " + " | ".join(f"{'read' if w == 'randread' else 'write'} QD{q}"
+                                               for w in ("randread", "randwrite") for q in ratio_qds) + " |")
+    rows.append("|---|" + "---|" * (2 * len(ratio_qds)))
+    for label, *_ in io_configs(size_mib, kind)[2:]:
+        r = [statistics.median(c[0] / p[0] for c, p in zip(samples[(label, w, q)], samples[(pt, w, q)]))
+             for w in ("randread", "randwrite") for q in ratio_qds]
+        rows.append(f"| {label} | " + " | ".join(f"{x * 100:.1f}%" for x in r) + " |")
+    if shares:
+        rows.append("\nThe unhydrated configurations' write cells are first writes only at their start: how much "
+                    "of the volume the cell had copied (regions hydrated, or clusters allocated) by its end "
+                    "(median):\n")
+        rows.append("| configuration | " + " | ".join(f"write QD{q}" for q in qds) + " |")
+        rows.append("|---|" + "---|" * len(qds))
+        for label in sorted({k[0] for k in shares}, key=lambda l: [c[0] for c in io_configs(size_mib, kind)].index(l)):
+            rows.append(f"| {label} | " + " | ".join(f"{statistics.median(shares[(label, q)]) * 100:.0f}%"
+                                                    for q in qds) + " |")
     rows.append("")
     return results
 
@@ -227,20 +282,23 @@ def bench_hydration(tmp, size_mib, load_mib, rows, secs, rounds):
     mem = size_mib * 4 + 1024
     times = {}
     for rnd in range(rounds):
-        # bdev_clone, no load: the engine's own hydration clock (first copy to last).
+        # bdev_clone, no load.
         app = App(tmp, "hyd", [shutil.which("spdk_tgt")],
                   [*malloc("src", size_mib), *malloc("dst", size_mib), *malloc("meta", 8)], mem)
         try:
+            # Wall time from the create RPC until every region is committed
+            # (copied, flushed and recorded): the clock lvol inflate gets below.
+            t0 = time.monotonic()
             app.call("bdev_clone_create", clone("c0")["params"])
-            _, c = app.wait_hydrated("c0")
-            times.setdefault("bdev_clone", []).append(c["hydration_seconds"])
+            app.wait_hydrated("c0")
+            times.setdefault("bdev_clone", []).append(time.monotonic() - t0)
         finally:
             app.stop()
         # spdk_dd, same bdevs: the copy time it reports itself.
         cfg = os.path.join(tmp, "dd.json")
         with open(cfg, "w") as f:
             json.dump({"subsystems": [{"subsystem": "bdev", "config": [*malloc("src", size_mib), *malloc("dst", size_mib)]}]}, f)
-        p = subprocess.run([shutil.which("spdk_dd")] + APP + ["-s", str(mem), "--json", cfg, "--ib", "src", "--ob", "dst",
+        p = subprocess.run([shutil.which("spdk_dd")] + app_args() + ["-s", str(mem), "--json", cfg, "--ib", "src", "--ob", "dst",
                            "--bs", str(MIB)], capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(p.stdout + p.stderr)
@@ -281,6 +339,9 @@ def bench_hydration(tmp, size_mib, load_mib, rows, secs, rounds):
                 app.stop()
         print(f"  hydration under load: round {rnd + 1} of {rounds} done", file=sys.stderr)
     rows.append(f"## 2. Hydration of {size_mib} MiB (malloc to malloc, median of {rounds} interleaved rounds)\n")
+    rows.append("Wall time, one clock for all: bdev_clone from its create RPC until every region is committed "
+                "(copied, the destination flushed, the metadata written), lvol from the inflate RPC until it "
+                "answers (copy done, blob metadata synced), spdk_dd as it reports its copy.\n")
     rows.append("| method | seconds | MiB/s | vs spdk_dd |")
     rows.append("|---|---|---|---|")
     for k in ("bdev_clone", "spdk_dd", "lvol inflate"):
@@ -421,7 +482,118 @@ def bench_first_write(tmp, rows, rounds):
                 first = statistics.median(x for x, _ in v)
                 avg = statistics.median(y for _, y in v)
                 cells.append(f"{first:.1f} ({avg:.1f})")
-        rows.append(f"| {kb} KiB | " + " | ".join(cells) + " |")
+        what = f"{kb} KiB" if kb != 4 else "4 KiB (= the write: no copy, the write replaces the region)"
+        rows.append(f"| {what} | " + " | ".join(cells) + " |")
+    rows.append("")
+
+
+# ------------------------------------------------------------------ 7. two reactors
+
+def all_committed(app, names, timeout=600):
+    t0 = time.monotonic()
+    while True:
+        cs = app.call("bdev_clone_get_clones")
+        done = [c for c in cs if c["name"] in names and c["regions_committed"] == c["regions_total"]]
+        if len(done) == len(names):
+            return
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"not hydrated: {cs}")
+        time.sleep(0.01)
+
+
+def bench_reactors(tmp, rows, rounds, secs):
+    """What a second reactor brings: 8 clones of one source hydrating at once
+    (no load) on one and on two reactors; a load on core 1 while they hydrate;
+    first writes from both cores, bdev_clone against the lvol esnap clone."""
+    n, mib = 8, 1024
+    many = [null("src", mib), *[x for i in range(n) for x in (null(f"dst{i}", mib), *malloc(f"meta{i}", 8))]]
+    names = [f"c{i}" for i in range(n)]
+    creates = [clone(f"c{i}", destination_bdev=f"dst{i}", metadata_bdev=f"meta{i}", no_hydration=True)
+               for i in range(n)]
+    rate = {}
+    for rnd in range(rounds):
+        for mask in ("0x1", "0x3"):
+            app = App(tmp, "many", [shutil.which("spdk_tgt")], many + creates, 1024, mask)
+            try:
+                t0 = time.monotonic()
+                for c in names:
+                    app.call("bdev_clone_set_hydration", {"name": c, "enabled": True})
+                all_committed(app, names)
+                rate.setdefault(mask, []).append(n * mib / (time.monotonic() - t0))
+            finally:
+                app.stop()
+        print(f"  8 clones: round {rnd + 1} of {rounds} done", file=sys.stderr)
+    # A load on core 1 (a passthru over its own null bdev, pinned by bdevperf's
+    # job file) while the 8 clones hydrate with default settings; against the
+    # same load with the clones paused.
+    jobs = os.path.join(tmp, "jobs.ini")
+    with open(jobs, "w") as f:
+        f.write("[global]\nrw=randread\nbs=4096\niodepth=32\n[load]\nfilename=pt\ncpumask=0x2\n")
+    load = {}
+    for rnd in range(rounds):
+        for hydrating in (False, True):
+            cfg = many + creates + [null("lbase", 1024), {"method": "bdev_passthru_create",
+                                                          "params": {"base_bdev_name": "lbase", "name": "pt"}}]
+            app = App(tmp, "load2", [bdevperf(), "-z", "-j", jobs], cfg, 1024, "0x3")
+            try:
+                if hydrating:
+                    for c in names:
+                        app.call("bdev_clone_set_hydration", {"name": c, "enabled": True})
+                r = app.call("perform_tests", {"time_in_sec": secs}, timeout=secs + 120)
+                iops = sum(j["iops"] for j in r["results"])
+                pct = statistics.mean(c["percent"] for c in app.call("bdev_clone_get_clones"))
+                load.setdefault(hydrating, []).append((iops, pct))
+            finally:
+                app.stop()
+        print(f"  load on core 1: round {rnd + 1} of {rounds} done", file=sys.stderr)
+    # First writes from both cores: a fresh clone (64 KiB regions, none
+    # hydrated) or esnap clone (64 KiB clusters) per round, randwrite QD1 per core.
+    size = 1024
+    fw = {}
+    for rnd in range(rounds):
+        for label, cfg, target in (
+                ("bdev_clone", [*malloc("src", size), *malloc("dst", size), *malloc("meta", 8),
+                                clone("c0", no_hydration=True)], "c0"),
+                ("lvol esnap clone", [*malloc("src", size), *malloc("lvsbase", size + 256, touch=False),
+                                      *esnap_clone(65536)], "lvs/esnap")):
+            app = App(tmp, "fw2", [bdevperf(), "-z", "-C", "-T", target, "-q", "1", "-o", "4096", "-w", "randwrite",
+                                   "-t", "1"], cfg, size * 3 + 1024, "0x3")
+            try:
+                iops, lat = perf(app, "randwrite", 1, 1)
+                fw.setdefault(label, []).append((iops, lat, copied_share(app, target)))
+            finally:
+                app.stop()
+        print(f"  first writes, two cores: round {rnd + 1} of {rounds} done", file=sys.stderr)
+    med = lambda v: statistics.median(v)
+    rows.append(f"## 7. Two reactors (-m 0x3), null and malloc bdevs, {'hugepages' if HUGEPAGES else '--no-huge'} "
+                f"(median of {rounds} interleaved rounds)\n")
+    one, two = med(rate["0x1"]), med(rate["0x3"])
+    rows.append(f"8 clones of one null source hydrating at once into null destinations ({mib} MiB each), no load, "
+                "wall time from enabling hydration until all are committed:\n")
+    rows.append("| reactors | total MiB/s | vs one reactor |")
+    rows.append("|---|---|---|")
+    rows.append(f"| one (-m 0x1) | {one:,.0f} | 100% |")
+    rows.append(f"| two (-m 0x3) | {two:,.0f} | {two / one * 100:.0f}% |")
+    rows.append("\nEvery clone's engine (hydration, commits) runs on the thread that created it, the app thread "
+                "on core 0, so a second reactor does not speed hydration up (issue 15 item 1, open).\n")
+    base = [x[0] for x in load[False]]
+    rows.append(f"A load on core 1 (4 KiB randread QD32 on a passthru over null, {secs} s) while the 8 clones "
+                "hydrate with default settings, against the same load with them paused:\n")
+    rows.append("| clones | load IOPS | vs paused | clones hydrated at the end (mean) |")
+    rows.append("|---|---|---|---|")
+    for h in (False, True):
+        v = load[h]
+        ratio = med([x[0] / b for x, b in zip(v, base)]) * 100
+        rows.append(f"| {'hydrating' if h else 'paused'} | {med([x[0] for x in v]):,.0f} | {ratio:.1f}% | "
+                    f"{med([x[1] for x in v]):.0f}% |")
+    rows.append("\nFirst writes from both cores: 4 KiB random writes, QD1 per core, 1 s, on a fresh 1 GiB clone "
+                "(64 KiB regions) or esnap clone (64 KiB clusters) over malloc:\n")
+    rows.append("| clone | write IOPS (both cores) | mean latency µs | copied at the end |")
+    rows.append("|---|---|---|---|")
+    for label in ("bdev_clone", "lvol esnap clone"):
+        v = fw[label]
+        rows.append(f"| {label} | {med([x[0] for x in v]):,.0f} | {med([x[1] for x in v]):.1f} | "
+                    f"{med([x[2] for x in v]) * 100:.1f}% |")
     rows.append("")
 
 
@@ -518,26 +690,63 @@ def bench_scale(tmp, rows, rounds):
                     f"of the best runs, {ratio:.1f}% the median of the rounds' ratios.\n")
 
 
+def reserve_hugepages(mib):
+    """Hugepages for the apps: reserved (2 MiB pages) and hugetlbfs mounted if
+    there are fewer and this runs as root; otherwise a clear error."""
+    def total():
+        for line in open("/proc/meminfo"):
+            if line.startswith("HugePages_Total:"):
+                return int(line.split()[1]) * 2
+        return 0
+    if total() < mib and os.geteuid() == 0:
+        with open("/proc/sys/vm/nr_hugepages", "w") as f:
+            f.write(str(mib // 2))
+    if total() < mib:
+        sys.exit(f"--hugepages: {total()} MiB of hugepages reserved, {mib} needed (as root: "
+                 f"echo {mib // 2} > /proc/sys/vm/nr_hugepages)")
+    mounted = any(line.split()[2] == "hugetlbfs" for line in open("/proc/mounts"))
+    if not mounted:
+        if os.geteuid() != 0:
+            sys.exit("--hugepages: no hugetlbfs mounted (as root: mount -t hugetlbfs nodev /dev/hugepages)")
+        os.makedirs("/dev/hugepages", exist_ok=True)
+        subprocess.run(["mount", "-t", "hugetlbfs", "nodev", "/dev/hugepages"], check=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results.md"))
-    ap.add_argument("--only", choices=["io", "hydration", "firstwrite", "scale"])
+    ap.add_argument("--only", choices=["io", "io-null", "io-2cores", "hydration", "firstwrite", "scale",
+                                       "reactors"])
+    ap.add_argument("--hugepages", action="store_true",
+                    help="run the apps on hugepages (reserved and mounted here if root and none are)")
     a = ap.parse_args()
+    if a.hugepages:
+        global HUGEPAGES
+        HUGEPAGES = True
+        reserve_hugepages(3072)
     if not os.path.exists(LIB):
         sys.exit(f"{LIB} missing: cargo build --release -p bdev_clone_spdk")
     secs = 1 if a.quick else 4
     rows = [f"# bdev_clone benchmarks ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
             f"{subprocess.run(['uname', '-r'], capture_output=True, text=True).stdout.strip()})\n"]
     with tempfile.TemporaryDirectory() as tmp:
+        io_secs, io_rounds = (1, 1) if a.quick else (2, 3)
         if a.only in (None, "io"):
-            bench_io(tmp, 256, 1 if a.quick else 2, rows, 1 if a.quick else 5)
+            bench_io(tmp, 256, io_secs, rows, io_rounds)
+        if a.only in (None, "io-null"):
+            bench_io(tmp, 1024, io_secs, rows, io_rounds, kind="null", qds=(32, 128))
+        if a.only in (None, "io-2cores"):
+            bench_io(tmp, 1024, io_secs, rows, io_rounds, kind="null", cores=2, qds=(32, 128))
+            bench_io(tmp, 256, io_secs, rows, io_rounds, kind="malloc", cores=2, qds=(32, 128))
         if a.only in (None, "hydration"):
             bench_hydration(tmp, 256 if a.quick else 2048, 1024, rows, secs * 2, 1 if a.quick else 3)
         if a.only in (None, "firstwrite"):
             bench_first_write(tmp, rows, 1 if a.quick else 3)
         if a.only in (None, "scale"):
             bench_scale(tmp, rows, 1 if a.quick else 25)
+        if a.only in (None, "reactors"):
+            bench_reactors(tmp, rows, 1 if a.quick else 3, 2 if a.quick else 4)
     text = "\n".join(rows) + "\n"
     with open(a.out, "w") as f:
         f.write(text)
