@@ -13,6 +13,8 @@ pub mod plan;
 pub mod region_map;
 pub mod stack;
 
-pub use engine::{CloneState, Engine, OpenError, OpenInfo, OpenParams, Settings, Shared, Status};
+pub use engine::{
+    CloneState, Engine, HydrationOrder, OpenError, OpenInfo, OpenParams, Settings, Shared, Status,
+};
 pub use geometry::{DeviceInfo, Geometry, DEFAULT_REGION_SIZE};
 pub use io::*;

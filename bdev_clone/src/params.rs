@@ -2,7 +2,7 @@
 //! independent of SPDK (so that they can be fuzzed and tested anywhere).
 //! Names are fixed by DESIGN.md.
 
-use crate::engine::Settings;
+use crate::engine::{HydrationOrder, Settings};
 use crate::geometry::MAX_REGION_SIZE;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,8 @@ pub struct CreateParams {
     pub max_bandwidth_mb_sec: Option<u64>,
     pub max_bandwidth_busy_mb_sec: Option<u64>,
     pub commit_interval_ms: Option<u64>,
+    /// `sequential` or `hot_first` (an unknown word is refused by decode).
+    pub hydration_order: Option<HydrationOrder>,
     #[serde(default)]
     pub no_discard_passdown: bool,
     #[serde(default)]
@@ -71,6 +73,8 @@ pub struct SetHydrationParams {
     pub hydration_batch_size: Option<u32>,
     pub max_bandwidth_mb_sec: Option<u64>,
     pub max_bandwidth_busy_mb_sec: Option<u64>,
+    pub commit_interval_ms: Option<u64>,
+    pub hydration_order: Option<HydrationOrder>,
 }
 
 /// `bdev_clone_set_options`: the module's options.
@@ -126,6 +130,17 @@ pub fn validate_hydration(threshold: Option<u32>, batch: Option<u32>) -> Result<
     Ok(())
 }
 
+pub fn validate_commit_interval(ms: Option<u64>) -> Result<(), String> {
+    if let Some(ms) = ms {
+        if ms == 0 || ms > MAX_COMMIT_INTERVAL_MS {
+            return Err(format!(
+                "commit_interval_ms must be 1..={MAX_COMMIT_INTERVAL_MS}, got {ms}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl CreateParams {
     /// Everything that can be checked without looking at the devices.
     pub fn validate(&self) -> Result<(), String> {
@@ -161,14 +176,7 @@ impl CreateParams {
                 "format needs the source: it cannot be combined with source_released".into(),
             );
         }
-        if let Some(ms) = self.commit_interval_ms {
-            if ms == 0 || ms > MAX_COMMIT_INTERVAL_MS {
-                return Err(format!(
-                    "commit_interval_ms must be 1..={MAX_COMMIT_INTERVAL_MS}, got {ms}"
-                ));
-            }
-        }
-        Ok(())
+        validate_commit_interval(self.commit_interval_ms)
     }
 
     pub fn settings(&self, discard_passdown: bool) -> Settings {
@@ -183,6 +191,7 @@ impl CreateParams {
                 .unwrap_or(d.max_bandwidth_busy_mb_sec),
             commit_interval_ms: self.commit_interval_ms.unwrap_or(d.commit_interval_ms),
             discard_passdown,
+            hydration_order: self.hydration_order.unwrap_or(d.hydration_order),
         }
     }
 }
@@ -213,7 +222,8 @@ impl CreateParams {
 
 impl SetHydrationParams {
     pub fn validate(&self) -> Result<(), String> {
-        validate_hydration(self.hydration_threshold, self.hydration_batch_size)
+        validate_hydration(self.hydration_threshold, self.hydration_batch_size)?;
+        validate_commit_interval(self.commit_interval_ms)
     }
 
     /// The settings after this call.
@@ -232,6 +242,12 @@ impl SetHydrationParams {
         }
         if let Some(r) = self.max_bandwidth_busy_mb_sec {
             s.max_bandwidth_busy_mb_sec = r;
+        }
+        if let Some(ms) = self.commit_interval_ms {
+            s.commit_interval_ms = ms;
+        }
+        if let Some(o) = self.hydration_order {
+            s.hydration_order = o;
         }
         s
     }
@@ -291,6 +307,60 @@ mod tests {
         }
     }
 
+    #[test]
+    fn hydration_order_and_commit_interval() {
+        let mut p = base();
+        p["hydration_order"] = json!("sequential");
+        let c: CreateParams = decode(Some(p)).unwrap();
+        assert_eq!(c.settings(true).hydration_order, HydrationOrder::Sequential);
+        let c: CreateParams = decode(Some(base())).unwrap();
+        assert_eq!(
+            c.settings(true).hydration_order,
+            Settings::default().hydration_order
+        );
+        let mut p = base();
+        p["hydration_order"] = json!("hot-first");
+        let e = decode::<CreateParams>(Some(p)).unwrap_err();
+        assert!(
+            e.starts_with("hydration_order:") && e.contains("hot_first"),
+            "{e}"
+        );
+
+        let set = |v: Value| decode::<SetHydrationParams>(Some(v));
+        let p =
+            set(json!({"name": "c", "hydration_order": "hot_first", "commit_interval_ms": 250}))
+                .unwrap();
+        p.validate().unwrap();
+        let before = Settings {
+            hydration_order: HydrationOrder::Sequential,
+            ..Default::default()
+        };
+        let after = p.apply(before.clone());
+        assert_eq!(after.hydration_order, HydrationOrder::HotFirst);
+        assert_eq!(after.commit_interval_ms, 250);
+        assert_eq!(
+            Settings {
+                hydration_order: before.hydration_order,
+                commit_interval_ms: before.commit_interval_ms,
+                ..after
+            },
+            before,
+            "nothing else changes"
+        );
+        // Absent: unchanged.
+        let p = set(json!({"name": "c"})).unwrap();
+        assert_eq!(p.apply(before.clone()), before);
+        for bad in [json!(0), json!(MAX_COMMIT_INTERVAL_MS + 1)] {
+            let e = set(json!({"name": "c", "commit_interval_ms": bad}))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(e.contains("commit_interval_ms"), "{e}");
+        }
+        let e = set(json!({"name": "c", "hydration_order": 1})).unwrap_err();
+        assert!(e.starts_with("hydration_order:"), "{e}");
+    }
+
     mod generated {
         //! Structured JSON objects with the real parameter names (and
         //! unknown ones), values of every JSON type and the edge numbers, and
@@ -310,6 +380,8 @@ mod tests {
             /// `#[serde(default)] bool`: absent is false, null is an error.
             Flag,
             OptBool,
+            /// `sequential` or `hot_first`, or null.
+            OptOrder,
         }
 
         const CREATE: &[(&str, Kind, bool)] = &[
@@ -325,6 +397,7 @@ mod tests {
             ("max_bandwidth_mb_sec", Kind::U64, false),
             ("max_bandwidth_busy_mb_sec", Kind::U64, false),
             ("commit_interval_ms", Kind::U64, false),
+            ("hydration_order", Kind::OptOrder, false),
             ("no_discard_passdown", Kind::Flag, false),
             ("format", Kind::Flag, false),
             ("allow_unflushed_destination", Kind::Flag, false),
@@ -339,6 +412,8 @@ mod tests {
             ("hydration_batch_size", Kind::U32, false),
             ("max_bandwidth_mb_sec", Kind::U64, false),
             ("max_bandwidth_busy_mb_sec", Kind::U64, false),
+            ("commit_interval_ms", Kind::U64, false),
+            ("hydration_order", Kind::OptOrder, false),
         ];
 
         fn fits(kind: Kind, v: &Value) -> bool {
@@ -349,7 +424,19 @@ mod tests {
                 Kind::U64 => v.is_null() || v.as_u64().is_some(),
                 Kind::Flag => v.is_boolean(),
                 Kind::OptBool => v.is_null() || v.is_boolean(),
+                Kind::OptOrder => v.is_null() || v.as_str().is_some_and(|s| ORDERS.contains(&s)),
             }
+        }
+
+        const ORDERS: [&str; 2] = ["sequential", "hot_first"];
+
+        /// Words for `hydration_order`: the two it takes, and near misses.
+        fn order_word() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                4 => proptest::sample::select(ORDERS.to_vec()).prop_map(Value::from),
+                1 => proptest::sample::select(vec!["", "Sequential", "hot-first", "hotfirst", "random"])
+                    .prop_map(Value::from),
+            ]
         }
 
         /// Numbers that decode as u32: small ones, powers of two and the
@@ -437,6 +524,10 @@ mod tests {
                 Kind::U32 | Kind::U64 if typed => bound_number().prop_map(Value::from).boxed(),
                 Kind::U32 | Kind::U64 => edge_number().boxed(),
                 Kind::Flag | Kind::OptBool => any::<bool>().prop_map(Value::from).boxed(),
+                Kind::OptOrder if typed => proptest::sample::select(ORDERS.to_vec())
+                    .prop_map(Value::from)
+                    .boxed(),
+                Kind::OptOrder => order_word().boxed(),
             };
             if typed {
                 return good;
@@ -639,6 +730,7 @@ mod tests {
                         "max_bandwidth_mb_sec" => p.max_bandwidth_mb_sec.into(),
                         "max_bandwidth_busy_mb_sec" => p.max_bandwidth_busy_mb_sec.into(),
                         "commit_interval_ms" => p.commit_interval_ms.into(),
+                        "hydration_order" => serde_json::to_value(p.hydration_order).unwrap(),
                         "no_discard_passdown" => p.no_discard_passdown.into(),
                         "format" => p.format.into(),
                         "allow_unflushed_destination" => p.allow_unflushed_destination.into(),
@@ -661,6 +753,10 @@ mod tests {
                     let s = p.settings(!p.no_discard_passdown);
                     check_settings(&s)?;
                     prop_assert_eq!(s.hydration_enabled, !p.no_hydration);
+                    prop_assert_eq!(
+                        s.hydration_order,
+                        p.hydration_order.unwrap_or(Settings::default().hydration_order)
+                    );
                 }
             }
 
@@ -669,12 +765,18 @@ mod tests {
                 let Some(p) = check_decode::<SetHydrationParams>(SET_HYDRATION, &obj)? else {
                     return Ok(());
                 };
-                let violations = hydration_violations(p.hydration_threshold, p.hydration_batch_size);
+                let mut violations = hydration_violations(p.hydration_threshold, p.hydration_batch_size);
+                if p.commit_interval_ms.is_some_and(|ms| ms == 0 || ms > MAX_COMMIT_INTERVAL_MS) {
+                    violations.push("commit_interval_ms");
+                }
                 if check_validate(p.validate(), &violations)? {
-                    let s = p.apply(Settings::default());
+                    let d = Settings::default();
+                    let s = p.apply(d.clone());
                     check_settings(&s)?;
                     prop_assert_eq!(s.hydration_threshold, p.hydration_threshold.unwrap_or(32));
                     prop_assert_eq!(s.hydration_enabled, p.enabled.unwrap_or(true));
+                    prop_assert_eq!(s.commit_interval_ms, p.commit_interval_ms.unwrap_or(d.commit_interval_ms));
+                    prop_assert_eq!(s.hydration_order, p.hydration_order.unwrap_or(d.hydration_order));
                 }
             }
 

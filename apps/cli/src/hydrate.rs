@@ -10,7 +10,8 @@ use anyhow::{anyhow, bail, Result};
 use bdev_clone::geometry::Geometry;
 use bdev_clone::metadata::{Layout, DEFAULT_PAGE_SIZE};
 use bdev_clone::{
-    CloneState, Engine, Notice, OpenError, OpenParams, Settings, DEFAULT_REGION_SIZE,
+    CloneState, Engine, HydrationOrder, Notice, OpenError, OpenParams, Settings,
+    DEFAULT_REGION_SIZE,
 };
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -221,6 +222,8 @@ pub fn hydrate(o: &HydrateOpts) -> Result<Outcome> {
         max_bandwidth_busy_mb_sec: 0,
         commit_interval_ms: o.commit_interval_ms,
         discard_passdown: true,
+        // No user reads: the sweep alone.
+        hydration_order: HydrationOrder::Sequential,
     };
     let direct = [source.direct, dest.direct, meta.direct];
     for (d, on) in [&source, &dest, &meta].iter().zip(direct) {

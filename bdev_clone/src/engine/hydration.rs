@@ -2,8 +2,9 @@
 //! buffer written to the destination), the background sweep with its
 //! throttles, and the hydration clock.
 
+use super::route::HINT_SLOTS;
 use super::user_io::{Parent, RegionLock, RegionOp};
-use super::{CloneState, Engine, Req};
+use super::{CloneState, Engine, HydrationOrder, Req};
 use crate::buffers::Purpose;
 use crate::io::*;
 use std::collections::VecDeque;
@@ -18,6 +19,16 @@ pub(super) struct Copy {
     /// buffer between the source read and the destination write: one
     /// destination write instead of two, and the write completes with the copy.
     pub(super) merged: Option<RegionOp>,
+}
+
+/// What trying to start one background copy came to.
+enum Start {
+    /// A copy of this many regions is in flight.
+    Copying(u64),
+    /// The rate limit allows no more now.
+    NoTokens,
+    /// No buffer now.
+    NoBuffer,
 }
 
 impl<B: Backend> Engine<B> {
@@ -185,10 +196,102 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Tells the routing path whether to count user I/O (only while
-    /// background hydration runs).
+    /// background hydration runs) and whether to leave hints of the regions
+    /// it reads from the source (only while hot-first hydration runs).
     pub(super) fn note_hydrating(&self) {
         let active = self.state == CloneState::Hydrating && self.settings.hydration_enabled;
         self.shared.set_counting(active);
+        self.shared.set_hinting(
+            active
+                && !self.source_gone
+                && self.settings.hydration_order == HydrationOrder::HotFirst,
+        );
+    }
+
+    /// Starts a background copy of `first` and of up to `max - 1` regions
+    /// after it that are neither hydrated nor locked, if the rate limit and
+    /// the buffer pool allow.
+    fn start_background(&mut self, first: u64, max: u64, rate: f64) -> Start {
+        let g = self.shared.geometry;
+        let mut count = 1;
+        while count < max
+            && first + count < g.region_count
+            && !self.shared.map.is_hydrated(first + count)
+            && !self.locks.contains_key(&(first + count))
+        {
+            count += 1;
+        }
+        if rate > 0.0 {
+            let bytes = (count * g.region_size as u64) as f64;
+            if self.tokens < bytes {
+                return Start::NoTokens;
+            }
+            self.tokens -= bytes;
+        }
+        for r in first..first + count {
+            self.locks.insert(
+                r,
+                RegionLock {
+                    waiters: VecDeque::new(),
+                    copying: false,
+                },
+            );
+        }
+        // A pool short of a whole batch still serves one region at a time.
+        if !self.start_copy(first, count, true, None)
+            && (count == 1 || {
+                for r in first + 1..first + count {
+                    self.locks.remove(&r);
+                }
+                count = 1;
+                !self.start_copy(first, 1, true, None)
+            })
+        {
+            self.locks.remove(&first);
+            return Start::NoBuffer;
+        }
+        Start::Copying(count)
+    }
+
+    /// Hot-first: copies the regions users read from the source lately (the
+    /// routing threads' hints), before the sweep goes on. A region whose
+    /// predecessor is hydrated or being copied is read by a sequential
+    /// reader: the copy takes a batch of the regions after it too.
+    /// Returns false when the throttles allow nothing more now.
+    fn pump_hot(&mut self, rate: f64) -> bool {
+        let g = self.shared.geometry;
+        let threshold = self.settings.hydration_threshold.max(1) as u64;
+        let batch = self.settings.hydration_batch_size.max(1) as u64;
+        for _ in 0..HINT_SLOTS {
+            if self.background_in_flight >= threshold {
+                return false;
+            }
+            let i = self.hint_pos;
+            let Some(r) = self.shared.hints.get(i) else {
+                self.hint_pos = (i + 1) % HINT_SLOTS;
+                continue;
+            };
+            if r >= g.region_count || self.shared.map.is_hydrated(r) || self.locks.contains_key(&r)
+            {
+                // Copied (or being copied, or written) meanwhile.
+                self.shared.hints.take(i, r);
+                self.hint_pos = (i + 1) % HINT_SLOTS;
+                continue;
+            }
+            let sequential =
+                r > 0 && (self.shared.map.is_hydrated(r - 1) || self.locks.contains_key(&(r - 1)));
+            let room =
+                (threshold - self.background_in_flight).min(if sequential { batch } else { 1 });
+            match self.start_background(r, room, rate) {
+                Start::Copying(count) => {
+                    self.stats.regions_hydrated_hot += count;
+                    self.shared.hints.take(i, r);
+                    self.hint_pos = (i + 1) % HINT_SLOTS;
+                }
+                Start::NoTokens | Start::NoBuffer => return false,
+            }
+        }
+        true
     }
 
     pub(super) fn pump_hydration(&mut self) {
@@ -212,7 +315,9 @@ impl<B: Backend> Engine<B> {
         {
             return;
         }
-        let g = self.shared.geometry;
+        if self.settings.hydration_order == HydrationOrder::HotFirst && !self.pump_hot(rate) {
+            return;
+        }
         let threshold = self.settings.hydration_threshold.max(1) as u64;
         let batch = self.settings.hydration_batch_size.max(1) as u64;
         let mut scans = 0;
@@ -226,44 +331,10 @@ impl<B: Backend> Engine<B> {
                 continue;
             }
             let room = (threshold - self.background_in_flight).min(batch);
-            let mut count = 1;
-            while count < room
-                && first + count < g.region_count
-                && !self.shared.map.is_hydrated(first + count)
-                && !self.locks.contains_key(&(first + count))
-            {
-                count += 1;
+            match self.start_background(first, room, rate) {
+                Start::Copying(count) => self.cursor = first + count,
+                Start::NoTokens | Start::NoBuffer => return,
             }
-            if rate > 0.0 {
-                let bytes = (count * g.region_size as u64) as f64;
-                if self.tokens < bytes {
-                    return;
-                }
-                self.tokens -= bytes;
-            }
-            for r in first..first + count {
-                self.locks.insert(
-                    r,
-                    RegionLock {
-                        waiters: VecDeque::new(),
-                        copying: false,
-                    },
-                );
-            }
-            // A pool short of a whole batch still serves one region at a time.
-            if !self.start_copy(first, count, true, None)
-                && (count == 1 || {
-                    for r in first + 1..first + count {
-                        self.locks.remove(&r);
-                    }
-                    count = 1;
-                    !self.start_copy(first, 1, true, None)
-                })
-            {
-                self.locks.remove(&first);
-                return;
-            }
-            self.cursor = first + count;
         }
     }
 }

@@ -23,7 +23,7 @@ pub mod route;
 mod user_io;
 
 pub use crate::metadata::open::{OpenError, OpenInfo, OpenParams};
-pub use route::{IoCounter, Route, Shared};
+pub use route::{HotHints, IoCounter, Route, Shared, Totals, HINT_SLOTS};
 
 use crate::buffers::{BufferStats, Buffers, Purpose};
 use crate::geometry::Geometry;
@@ -54,6 +54,29 @@ pub struct Settings {
     pub max_bandwidth_busy_mb_sec: u64,
     pub commit_interval_ms: u64,
     pub discard_passdown: bool,
+    /// Which unhydrated regions the background hydrator copies first.
+    pub hydration_order: HydrationOrder,
+}
+
+/// The order in which background hydration copies regions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HydrationOrder {
+    /// In address order, from where the sweep stands (dm-clone's order).
+    Sequential,
+    /// Regions users read from the source (and, for sequential readers, the
+    /// regions after them) first, then the sweep in address order.
+    #[default]
+    HotFirst,
+}
+
+impl HydrationOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HydrationOrder::Sequential => "sequential",
+            HydrationOrder::HotFirst => "hot_first",
+        }
+    }
 }
 
 impl Default for Settings {
@@ -66,6 +89,7 @@ impl Default for Settings {
             max_bandwidth_busy_mb_sec: 64,
             commit_interval_ms: 1000,
             discard_passdown: true,
+            hydration_order: HydrationOrder::default(),
         }
     }
 }
@@ -111,6 +135,13 @@ pub struct Stats {
     /// How long hydration has run (state hydrating, paused time excluded)
     /// since the clone was opened.
     pub hydration_ns: u64,
+    /// Regions copied ahead of the sweep because users read them
+    /// (hot-first hydration), since the clone was opened.
+    pub regions_hydrated_hot: u64,
+    /// User reads served from the source (their region was not hydrated)
+    /// and from the destination, since the clone was opened.
+    pub user_reads_from_source: u64,
+    pub user_reads_from_destination: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -221,6 +252,12 @@ pub struct Engine<B: Backend> {
     /// User I/Os submitted to the engine itself while hydrating (those the
     /// host routes itself it counts in `Shared::io_counter`s).
     user_ios: u64,
+    /// User reads the engine itself routed (the host counts those it routes
+    /// itself in its `IoCounter`s): to the source, to the destination.
+    reads_source: u64,
+    reads_dest: u64,
+    /// The hint slot the hot-first pass looks at next.
+    hint_pos: usize,
     /// User I/Os completed by `abort_after_panic`: never completed again.
     aborted: HashSet<UserIoId>,
     /// A panic was caught: the engine's own accounting may be off, so
@@ -283,6 +320,9 @@ impl<B: Backend> Engine<B> {
             hydration_clock_ns: now,
             user_in_flight: 0,
             user_ios: 0,
+            reads_source: 0,
+            reads_dest: 0,
+            hint_pos: 0,
             aborted: HashSet::new(),
             panicked: false,
             busy_sample: (0, 0),
@@ -343,6 +383,9 @@ impl<B: Backend> Engine<B> {
         stats.regions_hydrated = self.hydrated;
         stats.regions_hydrating = self.locks.values().filter(|l| l.copying).count() as u64;
         stats.hydration_ns = self.hydration_ns_at(self.backend.now_ns());
+        let routed = self.shared.totals();
+        stats.user_reads_from_source = self.reads_source + routed.reads_source;
+        stats.user_reads_from_destination = self.reads_dest + routed.reads_dest;
         let m = self.meta.stats();
         (stats.commits, stats.dest_flushes, stats.meta_bytes_written) =
             (m.commits, m.dest_flushes, m.meta_bytes_written);

@@ -55,8 +55,18 @@ impl<B: Backend> Engine<B> {
         }
         match self.shared.route(&io) {
             Route::Reject(e) => self.complete_user(io.id, Err(e)),
-            Route::Dest => self.submit_user_passthrough(io, Dev::Dest),
-            Route::Source => self.submit_user_passthrough(io, Dev::Source),
+            Route::Dest => {
+                if io.kind == UserOp::Read {
+                    self.reads_dest += 1;
+                }
+                self.submit_user_passthrough(io, Dev::Dest)
+            }
+            Route::Source => {
+                // Only reads go to the source.
+                self.reads_source += 1;
+                self.shared.source_read(&io);
+                self.submit_user_passthrough(io, Dev::Source)
+            }
             Route::Engine => self.submit_slow(io),
         }
     }

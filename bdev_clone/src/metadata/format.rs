@@ -18,7 +18,7 @@
 //! Pages carry the format's random `nonce`, so pages left by an earlier format
 //! of the same device are never taken for this one's.
 
-use crate::engine::Settings;
+use crate::engine::{HydrationOrder, Settings};
 use crate::geometry::Geometry;
 use std::fmt;
 
@@ -39,6 +39,29 @@ const SETTINGS_LEN: usize = 40;
 const _: () = assert!(SB_LEN <= 512);
 const SETTING_HYDRATION_ENABLED: u32 = 1;
 const SETTING_DISCARD_PASSDOWN: u32 = 2;
+/// The settings' `hydration_order`, in the word version 2 first wrote as
+/// zero: 0 = not stored (a superblock from before the setting existed: the
+/// default), 1 = sequential, 2 = hot_first.
+const ORDER_SEQUENTIAL: u32 = 1;
+const ORDER_HOT_FIRST: u32 = 2;
+
+fn order_code(o: HydrationOrder) -> u32 {
+    match o {
+        HydrationOrder::Sequential => ORDER_SEQUENTIAL,
+        HydrationOrder::HotFirst => ORDER_HOT_FIRST,
+    }
+}
+
+/// The stored order; the default for a superblock that stored none (or a
+/// code from a later version: a setting, never a reason to refuse the
+/// metadata).
+fn order_of(code: u32) -> HydrationOrder {
+    match code {
+        ORDER_SEQUENTIAL => HydrationOrder::Sequential,
+        ORDER_HOT_FIRST => HydrationOrder::HotFirst,
+        _ => HydrationOrder::default(), // 0 (not stored), or a later code
+    }
+}
 pub const PAGE_MAGIC: u32 = 0x5043_4442; // "BDCP"
 pub const PAGE_HEADER: usize = 32;
 pub const DEFAULT_PAGE_SIZE: u32 = 4096;
@@ -240,7 +263,7 @@ impl Superblock {
         );
         w.u32(s.hydration_threshold);
         w.u32(s.hydration_batch_size);
-        w.u32(0); // reserved
+        w.u32(order_code(s.hydration_order));
         w.u64(s.max_bandwidth_mb_sec);
         w.u64(s.max_bandwidth_busy_mb_sec);
         w.u64(s.commit_interval_ms);
@@ -302,10 +325,8 @@ impl Superblock {
                 discard_passdown: flags & SETTING_DISCARD_PASSDOWN != 0,
                 hydration_threshold: r.u32(),
                 hydration_batch_size: r.u32(),
-                max_bandwidth_mb_sec: {
-                    let _reserved = r.u32();
-                    r.u64()
-                },
+                hydration_order: order_of(r.u32()),
+                max_bandwidth_mb_sec: r.u64(),
                 max_bandwidth_busy_mb_sec: r.u64(),
                 commit_interval_ms: r.u64(),
             };
@@ -501,6 +522,33 @@ mod tests {
         let mut buf = vec![0u8; 512];
         sample_sb().encode(&mut buf);
         assert_eq!(Superblock::decode(&buf), Ok(sample_sb()));
+    }
+
+    #[test]
+    fn hydration_order_is_stored_and_old_superblocks_load_the_default() {
+        for order in [HydrationOrder::Sequential, HydrationOrder::HotFirst] {
+            let mut sb = sample_sb();
+            sb.settings.as_mut().unwrap().hydration_order = order;
+            let mut buf = vec![0u8; 512];
+            sb.encode(&mut buf);
+            assert_eq!(Superblock::decode(&buf), Ok(sb));
+        }
+        // A version-2 superblock written before the setting existed has a
+        // zero where the order is now: it loads with the default order.
+        let mut sb = sample_sb();
+        sb.settings.as_mut().unwrap().hydration_order = HydrationOrder::Sequential;
+        let mut buf = vec![0u8; 512];
+        sb.encode(&mut buf);
+        let at = SB_LEN_V1 - 4 + CLONE_NAME_LEN + 12; // flags, threshold, batch
+        assert_eq!(buf[at..at + 4], ORDER_SEQUENTIAL.to_le_bytes());
+        buf[at..at + 4].fill(0);
+        let crc = crc32c::crc32c(&buf[..SB_LEN - 4]);
+        buf[SB_LEN - 4..SB_LEN].copy_from_slice(&crc.to_le_bytes());
+        let old = Superblock::decode(&buf).expect("an old version 2 decodes");
+        assert_eq!(
+            old.settings.unwrap().hydration_order,
+            HydrationOrder::default()
+        );
     }
 
     #[test]
