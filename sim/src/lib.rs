@@ -29,6 +29,7 @@ pub fn run_many(first: u64, count: u64, tweak: impl Fn(&mut SimConfig)) -> (Vec<
                 total.blocks_verified += o.blocks_verified;
                 total.commits += o.commits;
                 total.failed_states += o.failed_states;
+                total.hot_copies += o.hot_copies;
                 total.digest = total.digest.rotate_left(7) ^ o.digest;
             }
             Err(f) => failures.push(f),

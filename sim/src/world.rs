@@ -8,8 +8,8 @@ use bdev_clone::buffers::class_of;
 use bdev_clone::metadata::commit::reserve_for;
 use bdev_clone::metadata::Layout;
 use bdev_clone::{
-    CloneState, Data, Dev, DevOp, DeviceInfo, Engine, Geometry, IoError, Notice, OpenParams,
-    Settings, UserIo, UserIoId, UserOp,
+    CloneState, Data, Dev, DevOp, DeviceInfo, Engine, Geometry, HydrationOrder, IoError, Notice,
+    OpenParams, Settings, UserIo, UserIoId, UserOp,
 };
 use fastrand::Rng;
 use std::collections::HashMap;
@@ -47,6 +47,9 @@ pub struct Outcome {
     pub blocks_verified: u64,
     pub commits: u64,
     pub failed_states: u32,
+    /// Regions copied ahead of the sweep because a user read them
+    /// (hot-first hydration).
+    pub hot_copies: u64,
     /// The backend's digest of every device request and completion.
     pub digest: u64,
 }
@@ -135,6 +138,7 @@ pub fn run(cfg: &SimConfig) -> Result<Outcome, Failure> {
         });
     }
     w.out.digest = w.engine().backend_mut().digest;
+    w.out.hot_copies += w.engine().status().stats.regions_hydrated_hot;
     Ok(w.out)
 }
 
@@ -196,6 +200,11 @@ impl World {
             max_bandwidth_busy_mb_sec: if rng.bool() { 0 } else { rng.u64(1..10) },
             commit_interval_ms: rng.u64(1..30),
             discard_passdown: rng.bool(),
+            hydration_order: if rng.bool() {
+                HydrationOrder::Sequential
+            } else {
+                HydrationOrder::HotFirst
+            },
         };
         let mut params = OpenParams::new(
             DeviceInfo {
@@ -489,6 +498,12 @@ impl World {
                 s.hydration_enabled = !s.hydration_enabled;
                 s.hydration_threshold = self.rng.u32(1..9);
                 s.hydration_batch_size = self.rng.u32(1..5);
+                if self.rng.u32(..4) == 0 {
+                    s.hydration_order = match s.hydration_order {
+                        HydrationOrder::Sequential => HydrationOrder::HotFirst,
+                        HydrationOrder::HotFirst => HydrationOrder::Sequential,
+                    };
+                }
                 self.engine().set_settings(s);
                 return;
             }
@@ -625,6 +640,7 @@ impl World {
     /// Power loss at this instant, then restart, reload and verify every block.
     fn crash_and_recover(&mut self) -> Res<()> {
         self.out.crashes += 1;
+        self.out.hot_copies += self.engine().status().stats.regions_hydrated_hot;
         self.committed_before_crash = self.engine().committed_regions();
         {
             let World { engine, rng, .. } = self;

@@ -20,6 +20,8 @@ fn seeds(first: u64, count: u64) {
         total.blocks_verified > count * 100,
         "too little verified: {total:?}"
     );
+    // Hot-first hydration ran (the world picks the order per seed).
+    assert!(total.hot_copies > count, "too few hot copies: {total:?}");
 }
 
 // 8,000 seeds in all, split so that the test runner spreads them over cores.

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         println!("{f}");
     }
     println!(
-        "{} seeds from {first} in {:.1}s: {} failed; {} crashes, {} user ops, {} blocks verified, {} commits, {} failed states, digest {:016x}",
+        "{} seeds from {first} in {:.1}s: {} failed; {} crashes, {} user ops, {} blocks verified, {} commits, {} failed states, {} hot copies, digest {:016x}",
         count,
         t.elapsed().as_secs_f64(),
         failures.len(),
@@ -78,6 +78,7 @@ fn main() -> ExitCode {
         total.blocks_verified,
         total.commits,
         total.failed_states,
+        total.hot_copies,
         total.digest
     );
     if failures.is_empty() {
