@@ -7,6 +7,8 @@
 
 import json
 
+HYDRATION_ORDERS = ('sequential', 'hot_first')
+
 
 def _print(result):
     print(json.dumps(result, indent=2))
@@ -24,7 +26,8 @@ def bdev_clone_create(args):
         'metadata_bdev': args.metadata_bdev,
     }
     for key in ('region_size_kb', 'uuid', 'hydration_threshold', 'hydration_batch_size',
-                'max_bandwidth_mb_sec', 'max_bandwidth_busy_mb_sec', 'commit_interval_ms'):
+                'max_bandwidth_mb_sec', 'max_bandwidth_busy_mb_sec', 'commit_interval_ms',
+                'hydration_order'):
         value = getattr(args, key)
         if value is not None:
             params[key] = value
@@ -49,7 +52,7 @@ def bdev_clone_set_hydration(args):
     if args.enable is not None:
         params['enabled'] = args.enable
     for key in ('hydration_threshold', 'hydration_batch_size', 'max_bandwidth_mb_sec',
-                'max_bandwidth_busy_mb_sec'):
+                'max_bandwidth_busy_mb_sec', 'commit_interval_ms', 'hydration_order'):
         value = getattr(args, key)
         if value is not None:
             params[key] = value
@@ -83,6 +86,8 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('--max-bandwidth-busy-mb-sec', type=int,
                    help='hydration rate limit in MiB/s while user I/O runs (default 64; 0 = no separate limit)')
     p.add_argument('--commit-interval-ms', type=int, help='metadata commit period (default 1000)')
+    p.add_argument('--hydration-order', choices=HYDRATION_ORDERS,
+                   help='copy regions users read first (hot_first, the default) or in address order only')
     p.add_argument('--no-discard-passdown', action='store_true', help='do not pass unmaps to the destination')
     p.add_argument('--format', action='store_true',
                    help='overwrite metadata that belongs to other devices or is corrupt')
@@ -113,6 +118,9 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('--max-bandwidth-mb-sec', type=int, help='hydration rate limit in MiB/s (0 = unlimited)')
     p.add_argument('--max-bandwidth-busy-mb-sec', type=int,
                    help='hydration rate limit in MiB/s while user I/O runs (default 64; 0 = no separate limit)')
+    p.add_argument('--commit-interval-ms', type=int, help='metadata commit period')
+    p.add_argument('--hydration-order', choices=HYDRATION_ORDERS,
+                   help='copy regions users read first (hot_first) or in address order only (sequential)')
     p.set_defaults(func=bdev_clone_set_hydration)
 
     p = subparsers.add_parser('bdev_clone_release_source',

@@ -34,6 +34,9 @@ impl CloneBdev {
             "state": s.state.as_str(),
             "error": s.error,
             "hydration_errors": s.stats.hydration_errors,
+            "regions_hydrated_hot": s.stats.regions_hydrated_hot,
+            "user_reads_from_source": s.stats.user_reads_from_source,
+            "user_reads_from_destination": s.stats.user_reads_from_destination,
             "commits": s.stats.commits,
             "metadata_bytes_written": s.stats.meta_bytes_written,
             "memory_bytes": self.engine().memory_bytes(),
@@ -50,6 +53,7 @@ impl CloneBdev {
             "max_bandwidth_busy_mb_sec": s.settings.max_bandwidth_busy_mb_sec,
             "commit_interval_ms": s.settings.commit_interval_ms,
             "discard_passdown": s.settings.discard_passdown,
+            "hydration_order": s.settings.hydration_order.as_str(),
         })
     }
 
@@ -72,6 +76,7 @@ impl CloneBdev {
                 "max_bandwidth_mb_sec": s.max_bandwidth_mb_sec,
                 "max_bandwidth_busy_mb_sec": s.max_bandwidth_busy_mb_sec,
                 "commit_interval_ms": s.commit_interval_ms,
+                "hydration_order": s.hydration_order.as_str(),
                 "no_discard_passdown": p.no_discard_passdown,
                 "allow_unflushed_destination": p.allow_unflushed_destination,
                 "wait_for_bases": true,

@@ -205,6 +205,12 @@ fn bad_rpc_calls_are_refused() {
         ),
         (
             "bdev_clone_create",
+            Some(with("hydration_order", json!("hot-first"))),
+            -22,
+            "hydration_order",
+        ),
+        (
+            "bdev_clone_create",
             Some(with("uuid", json!("not-a-uuid"))),
             -22,
             "uuid",
@@ -1093,5 +1099,149 @@ fn set_hydration_wakes_an_idle_clone() {
     .unwrap();
     let info = t.wait_state("c0", "hydrated", 30);
     assert_eq!(info["regions_hydrated"], 256, "{info}");
+    t.stop();
+}
+
+/// hydration_order and commit_interval_ms through create, set_hydration,
+/// get_clones and save_config; the counters of user reads by where they
+/// were served; hot-first copies what bdevperf reads.
+#[test]
+fn hydration_order_and_read_counters() {
+    let dir = scratch("hotfirst");
+    // bdevperf with the module preloaded: it reads the clone when told.
+    let t = Tgt::start_preloaded_with(
+        "bdevperf",
+        &dir,
+        "perf",
+        &preload_lib(),
+        &[],
+        &[
+            "-z", "-T", "c0", "-q", "8", "-o", "4096", "-w", "randread", "-t", "1",
+        ],
+    );
+    malloc(&t, "src", 16, 512);
+    malloc(&t, "dst", 16, 512);
+    malloc(&t, "meta", 1, 512);
+    t.plugin(&[
+        "bdev_clone_create",
+        "-b",
+        "c0",
+        "-s",
+        "src",
+        "-d",
+        "dst",
+        "-m",
+        "meta",
+        "--no-hydration",
+        "--hydration-order",
+        "sequential",
+        "--commit-interval-ms",
+        "100",
+    ])
+    .unwrap();
+    let info = t.clone_info("c0");
+    assert_eq!(info["hydration_order"], "sequential", "{info}");
+    assert_eq!(info["commit_interval_ms"], 100, "{info}");
+    // Only the bdev layer's examine has read the new clone (GPT probes).
+    let examine = info["user_reads_from_source"].as_u64().unwrap();
+    assert!(examine < 16, "{info}");
+    assert_eq!(info["user_reads_from_destination"], 0, "{info}");
+    let perform = || {
+        t.call("perform_tests", None)
+            .unwrap_or_else(|e| panic!("perform_tests: {e:?}\n{}", t.log_text()));
+    };
+    // Nothing hydrated: every read from the source.
+    perform();
+    let info = t.clone_info("c0");
+    let from_source = info["user_reads_from_source"].as_u64().unwrap();
+    assert!(from_source > examine + 100, "{info}");
+    assert_eq!(info["user_reads_from_destination"], 0, "{info}");
+    assert_eq!(info["regions_hydrated_hot"], 0, "{info}");
+    // Bad values change nothing.
+    for (k, v) in [
+        ("hydration_order", json!("random")),
+        ("commit_interval_ms", json!(0)),
+    ] {
+        let e = t
+            .call(
+                "bdev_clone_set_hydration",
+                Some(json!({"name": "c0", "enabled": true, k: v})),
+            )
+            .unwrap_err();
+        assert_eq!(e.0, -22, "{k}: {e:?}");
+        assert!(e.1.contains(k), "{k}: {e:?}");
+    }
+    let info = t.clone_info("c0");
+    assert_eq!(info["state"], "paused", "{info}");
+    assert_eq!(info["hydration_order"], "sequential", "{info}");
+    // Hot-first, hydration slow (1 MiB/s: the sweep alone would take 16 s),
+    // and a new commit interval.
+    t.plugin(&[
+        "bdev_clone_set_hydration",
+        "-b",
+        "c0",
+        "-e",
+        "--hydration-order",
+        "hot_first",
+        "--commit-interval-ms",
+        "250",
+        "--max-bandwidth-mb-sec",
+        "1",
+    ])
+    .unwrap();
+    let info = t.clone_info("c0");
+    assert_eq!(info["hydration_order"], "hot_first", "{info}");
+    assert_eq!(info["commit_interval_ms"], 250, "{info}");
+    perform();
+    let info = t.clone_info("c0");
+    assert!(
+        info["regions_hydrated_hot"].as_u64().unwrap() > 0,
+        "hot-first copied nothing bdevperf read: {info}"
+    );
+    assert!(
+        info["user_reads_from_source"].as_u64().unwrap() > from_source,
+        "{info}"
+    );
+    // save_config keeps both settings (bdevperf has no save_config: the
+    // bdev subsystem's part of it).
+    let saved = t
+        .call("framework_get_config", Some(json!({"name": "bdev"})))
+        .unwrap();
+    let create = saved
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["method"] == "bdev_clone_create")
+        .expect("bdev_clone_create in the saved config")
+        .clone();
+    assert_eq!(create["params"]["hydration_order"], "hot_first", "{create}");
+    assert_eq!(create["params"]["commit_interval_ms"], 250, "{create}");
+    // Fully hydrated, reads come from the destination.
+    t.call(
+        "bdev_clone_set_hydration",
+        Some(json!({"name": "c0", "max_bandwidth_mb_sec": 0, "max_bandwidth_busy_mb_sec": 0})),
+    )
+    .unwrap();
+    t.wait_state("c0", "hydrated", 60);
+    let before = t.clone_info("c0");
+    perform();
+    let after = t.clone_info("c0");
+    assert_eq!(
+        after["user_reads_from_source"], before["user_reads_from_source"],
+        "{after}"
+    );
+    assert!(
+        after["user_reads_from_destination"].as_u64().unwrap()
+            > before["user_reads_from_destination"].as_u64().unwrap() + 100,
+        "{after}"
+    );
+    // bdev_get_bdevs shows the same.
+    let b = t
+        .call("bdev_get_bdevs", Some(json!({"name": "c0"})))
+        .unwrap();
+    assert_eq!(
+        b[0]["driver_specific"]["clone"]["hydration_order"],
+        "hot_first"
+    );
     t.stop();
 }
