@@ -50,6 +50,30 @@ fn routing(c: &mut Criterion) {
         let io = io(UserOp::Read, 4096);
         b.iter(|| shared.route_counted(black_box(&io), &counter))
     });
+    // Reads routed to the source, without and with hot-first hints (the
+    // same region again: the slot already holds it, nothing is written; a
+    // new region each time: the slot is written).
+    group.bench_function("read, unhydrated region, no hints (route_counted)", |b| {
+        let io = io(UserOp::Read, 4097);
+        b.iter(|| shared.route_counted(black_box(&io), &counter))
+    });
+    shared.set_hinting(true);
+    group.bench_function("read, unhydrated region, hinting, same region", |b| {
+        let io = io(UserOp::Read, 4097);
+        b.iter(|| shared.route_counted(black_box(&io), &counter))
+    });
+    group.bench_function("read, unhydrated region, hinting, new region each time", |b| {
+        let mut r = 1u64;
+        b.iter(|| {
+            r = (r + 2) % g.region_count;
+            shared.route_counted(black_box(&io(UserOp::Read, r)), &counter)
+        })
+    });
+    group.bench_function("read, hydrated region, hinting on (route_counted)", |b| {
+        let io = io(UserOp::Read, 4096);
+        b.iter(|| shared.route_counted(black_box(&io), &counter))
+    });
+    shared.set_hinting(false);
     group.bench_function("read, random region of 1 TiB", |b| {
         let mut x = 0x2545_F491_4F6C_DD1Du64;
         b.iter(|| {
