@@ -216,6 +216,9 @@ impl CreateParams {
         if let Some(ms) = self.commit_interval_ms {
             s.commit_interval_ms = ms;
         }
+        if let Some(o) = self.hydration_order {
+            s.hydration_order = o;
+        }
         s
     }
 }

@@ -309,6 +309,7 @@ pub fn assembly_params(sb: &Superblock, metadata_bdev: &str) -> Result<CreatePar
         max_bandwidth_mb_sec: Some(s.max_bandwidth_mb_sec),
         max_bandwidth_busy_mb_sec: Some(s.max_bandwidth_busy_mb_sec),
         commit_interval_ms: Some(s.commit_interval_ms),
+        hydration_order: Some(s.hydration_order),
         no_discard_passdown: !s.discard_passdown,
         format: false,
         allow_unflushed_destination: false,
@@ -728,6 +729,7 @@ mod tests {
                 hydration_threshold: 5,
                 max_bandwidth_mb_sec: 40,
                 discard_passdown: false,
+                hydration_order: crate::engine::HydrationOrder::Sequential,
                 ..Settings::default()
             }),
             ..Superblock::empty()
@@ -783,6 +785,10 @@ mod tests {
         assert!(p.wait_for_bases && !p.format && !p.source_released);
         assert_eq!(p.hydration_threshold, Some(5));
         assert_eq!(p.max_bandwidth_mb_sec, Some(40));
+        assert_eq!(
+            p.hydration_order,
+            Some(crate::engine::HydrationOrder::Sequential)
+        );
         assert!(p.no_discard_passdown && !p.no_hydration);
         let mut released = stored_superblock("c0");
         released.flags = crate::metadata::FLAG_SOURCE_RELEASED;
