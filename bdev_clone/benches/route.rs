@@ -62,13 +62,16 @@ fn routing(c: &mut Criterion) {
         let io = io(UserOp::Read, 4097);
         b.iter(|| shared.route_counted(black_box(&io), &counter))
     });
-    group.bench_function("read, unhydrated region, hinting, new region each time", |b| {
-        let mut r = 1u64;
-        b.iter(|| {
-            r = (r + 2) % g.region_count;
-            shared.route_counted(black_box(&io(UserOp::Read, r)), &counter)
-        })
-    });
+    group.bench_function(
+        "read, unhydrated region, hinting, new region each time",
+        |b| {
+            let mut r = 1u64;
+            b.iter(|| {
+                r = (r + 2) % g.region_count;
+                shared.route_counted(black_box(&io(UserOp::Read, r)), &counter)
+            })
+        },
+    );
     group.bench_function("read, hydrated region, hinting on (route_counted)", |b| {
         let io = io(UserOp::Read, 4096);
         b.iter(|| shared.route_counted(black_box(&io), &counter))
