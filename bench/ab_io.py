@@ -4,7 +4,7 @@ hydrated clone against passthru, 4 KiB random reads and writes at QD32 and
 QD128, the builds interleaved round by round so that the VM's slow spells hit
 both. Tells a code change from the machine's noise.
 
-    python3 bench/ab_io.py OTHER.so [--rounds 5]
+    python3 bench/ab_io.py OTHER.so [--rounds 5] [--kind malloc|null]
 
 OTHER.so: the build to compare with (e.g. built from an older commit with
 `CARGO_TARGET_DIR=/some/dir cargo build --release -p bdev_clone_spdk`); the
@@ -20,9 +20,11 @@ import run
 ap = argparse.ArgumentParser()
 ap.add_argument("other", help="the other build's libbdev_clone_spdk.so")
 ap.add_argument("--rounds", type=int, default=5)
+ap.add_argument("--kind", choices=["malloc", "null"], default="malloc", help="the base bdevs")
 a = ap.parse_args()
 this = run.LIB
-cfgs = {c[0]: c for c in run.io_configs(256)}
+size = 256 if a.kind == "malloc" else 1024
+cfgs = {c[0]: c for c in run.io_configs(size, a.kind)}
 rows = [("passthru", cfgs["passthru vbdev"], this),
         ("this build", cfgs["bdev_clone, hydrated"], this),
         ("other build", cfgs["bdev_clone, hydrated"], a.other)]
@@ -33,7 +35,7 @@ with tempfile.TemporaryDirectory() as tmp:
         for label, (_, config, target, prep), lib in rows:
             run.LIB = lib
             app = run.App(tmp, "io", [run.bdevperf(), "-z", "-T", target, "-q", "1", "-o", "4096",
-                                      "-w", "randread", "-t", "1"], config, 256 * 4 + 512)
+                                      "-w", "randread", "-t", "1"], config, 1536)
             try:
                 if prep == "hydrate":
                     app.wait_hydrated("c0")

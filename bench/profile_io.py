@@ -37,6 +37,7 @@ configs = [
                           {"method": "bdev_passthru_create", "params": {"base_bdev_name": "base", "name": "pt"}}],
      "pt", False),
     ("bdev_clone hydrated, null -> null", null3 + [run.clone("c0")], "c0", True),
+    ("bdev_clone unhydrated, null -> null", null3 + [run.clone("c0", no_hydration=True)], "c0", False),
 ]
 with tempfile.TemporaryDirectory() as tmp:
     for label, config, target, hydrate in configs:

@@ -2,21 +2,33 @@
 //! pass-through of reads and of writes to hydrated regions, and completing
 //! user I/O on the thread that submitted it.
 
-use crate::channel::{bdev_clone_channel_ctx, Chan};
+use crate::channel::Chan;
 use crate::ffi;
 use crate::vbdev::CloneBdev;
 use bdev_clone::engine::Route;
 use bdev_clone::{UserIo, UserIoId, UserOp};
 use spdk_sys as sys;
 use std::ffi::{c_int, c_void};
-use std::ptr::null_mut;
 
+/// The data buffers of a user read or write (what spdk_bdev_io_get_iovec
+/// returns, read in place: this is on every pass-through I/O).
+#[inline]
 pub(crate) fn user_iov(io: UserIoId) -> (*mut sys::iovec, c_int) {
-    let mut iov: *mut sys::iovec = null_mut();
-    let mut cnt: c_int = 0;
-    // SAFETY: a UserIoId is the address of a live spdk_bdev_io.
-    unsafe { sys::spdk_bdev_io_get_iovec(io.0 as *mut sys::spdk_bdev_io, &mut iov, &mut cnt) };
-    (iov, cnt)
+    // SAFETY: a UserIoId is the address of a live read or write
+    // spdk_bdev_io, whose `u.bdev` holds its iovecs.
+    unsafe {
+        let b = &(*(io.0 as *const sys::spdk_bdev_io)).u.bdev;
+        (b.iovs, b.iovcnt)
+    }
+}
+
+/// Our context in an SPDK channel (spdk_io_channel_get_ctx, inline in
+/// SPDK's header: the context follows the channel struct).
+#[inline]
+pub(crate) fn chan_of(ch: *mut sys::spdk_io_channel) -> *mut Chan {
+    // SAFETY: a channel of our io_device, whose context (a Chan) SPDK lays
+    // out right after the struct, as spdk_io_channel_get_ctx computes.
+    unsafe { (ch as *mut u8).add(sys::SPDK_IO_CHANNEL_STRUCT_SIZE as usize) as *mut Chan }
 }
 
 struct CompleteMsg {
@@ -99,10 +111,15 @@ pub(crate) unsafe extern "C" fn fn_submit(
     bdev_io: *mut sys::spdk_bdev_io,
 ) {
     ffi::guard("submit_request", (), || {
-        // SAFETY: SPDK hands us a live io and our channel.
+        // SAFETY: SPDK hands us a live io and our channel. A read that came
+        // with its buffer (bdevperf's, an NVMe-oF target's) is routed at
+        // once; spdk_bdev_io_get_buf would only call back.
         unsafe {
-            if (*bdev_io).type_ as u32 == sys::SPDK_BDEV_IO_TYPE_READ {
-                let len = (*bdev_io).u.bdev.num_blocks * (*(*bdev_io).bdev).blocklen as u64;
+            let b = &(*bdev_io).u.bdev;
+            if (*bdev_io).type_ as u32 == sys::SPDK_BDEV_IO_TYPE_READ
+                && (b.iovcnt == 0 || (*b.iovs).iov_base.is_null())
+            {
+                let len = b.num_blocks * (*(*bdev_io).bdev).blocklen as u64;
                 sys::spdk_bdev_io_get_buf(bdev_io, Some(read_buf_ready), len);
             } else {
                 route(ch, bdev_io);
@@ -166,7 +183,7 @@ unsafe extern "C" fn engine_msg(arg: *mut c_void) {
 fn route(ch: *mut sys::spdk_io_channel, bdev_io: *mut sys::spdk_bdev_io) {
     // SAFETY: our channel's context is a Chan made by chan_create, whose
     // IoDevice it keeps alive.
-    let chan = unsafe { &*(bdev_clone_channel_ctx(ch) as *mut Chan) };
+    let chan = unsafe { &*chan_of(ch) };
     // SAFETY: the channel holds a reference on its IoDevice (chan_create).
     let dev = unsafe { &*chan.dev };
     let Some(io) = user_io(bdev_io) else {
@@ -205,7 +222,7 @@ fn route(ch: *mut sys::spdk_io_channel, bdev_io: *mut sys::spdk_bdev_io) {
     let rc = unsafe {
         let done = Some(passthrough_done as unsafe extern "C" fn(_, _, _));
         let arg = bdev_io as *mut c_void;
-        if io.kind == UserOp::Read {
+        if matches!(io.kind, UserOp::Read) {
             sys::spdk_bdev_readv_blocks(
                 desc,
                 ch,

@@ -245,7 +245,7 @@ impl Shared {
             counter.note();
         }
         let route = self.route(io);
-        if io.kind == UserOp::Read {
+        if matches!(io.kind, UserOp::Read) {
             match route {
                 Route::Dest => counter.note_read(false),
                 Route::Source => {
