@@ -19,7 +19,8 @@ spell of the machine hits both:
 
 Every --interval seconds it samples bdev_clone_get_clones (percent hydrated,
 user_reads_from_source / _destination) and bdev_get_iostat (read latency) of
-both clones, and writes the samples as CSV and JSON under bench/results/.
+both clones, writes the samples as CSV and JSON under bench/results/, and
+draws them (bench/charts.py) into bench/charts/<name>.png.
 
     cargo build --release -p bdev_clone_spdk
     python3 bench/hot_first.py [--size-mib 1024] [--rate 4] [--secs 180]
@@ -36,7 +37,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import APP, LIB, MIB, ROOT, App, bdevperf, malloc  # noqa: E402
+from run import LIB, MIB, ROOT, App, app_args, bdevperf, malloc  # noqa: E402
 
 ORDERS = ("sequential", "hot_first")
 
@@ -168,7 +169,7 @@ def main():
         w.writeheader()
         w.writerows(rows)
     meta = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(),
-            "app": APP, "size_mib": a.size_mib, "rate_mb_sec": a.rate, "secs": a.secs, "qd": a.qd,
+            "app": app_args(), "size_mib": a.size_mib, "rate_mb_sec": a.rate, "secs": a.secs, "qd": a.qd,
             "source_read_us": a.source_us, "range": a.range, "zipf_theta": a.zipf,
             "bdevperf": result["r"], "samples": samples, "intervals": rows}
     with open(a.out + ".json", "w") as f:
@@ -194,6 +195,11 @@ def main():
                   f"{r[f'{o}_percent_hydrated']:.1f}%): {r[f'{o}_dest_share'] * 100:.1f}% of reads from the destination")
     print(f"bdevperf ranges: {[line for line in log.splitlines() if 'range' in line.lower()][:4]}")
     print(f"samples: {a.out}.csv, {a.out}.json")
+    import charts
+    try:
+        charts.hot_first_chart(a.out + ".csv", charts.hot_first_png(a.out), meta)
+    except charts.MissingMatplotlib as e:
+        print(f"chart not drawn: {e}", file=sys.stderr)
 
 
 def cost(a, command):

@@ -252,6 +252,8 @@ def bench_io(tmp, size_mib, secs, rows, rounds, kind="malloc", cores=1, qds=(1, 
         r = [statistics.median(c[0] / p[0] for c, p in zip(samples[(label, w, q)], samples[(pt, w, q)]))
              for w in ("randread", "randwrite") for q in ratio_qds]
         rows.append(f"| {label} | " + " | ".join(f"{x * 100:.1f}%" for x in r) + " |")
+    write_io_json(kind, cores, rounds, secs, [(w, q) for w in ("randread", "randwrite") for q in ratio_qds],
+                  [label for label, *_ in io_configs(size_mib, kind)], samples, pt)
     if shares:
         rows.append("\nThe unhydrated configurations' write cells are first writes only at their start: how much "
                     "of the volume the cell had copied (regions hydrated, or clusters allocated) by its end "
@@ -263,6 +265,25 @@ def bench_io(tmp, size_mib, secs, rows, rounds, kind="malloc", cores=1, qds=(1, 
                                                     for q in qds) + " |")
     rows.append("")
     return results
+
+
+def write_io_json(kind, cores, rounds, secs, cells, labels, samples, pt):
+    """bench/results/io_<kind>_<cores>.json: the I/O table's data for bench/charts.py
+    (median IOPS per configuration and cell, and the ratio to passthru as in the table)."""
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "kind": kind, "cores": cores, "rounds": rounds,
+           "secs": secs, "reference": pt, "cells": [f"{'read' if w == 'randread' else 'write'} QD{q}" for w, q in cells],
+           "configurations": []}
+    for label in labels:
+        iops = [sorted(c[0] for c in samples[(label, w, q)]) for w, q in cells]
+        out["configurations"].append({
+            "name": label,
+            "iops": [v[len(v) // 2] for v in iops],
+            "ratio": [statistics.median(c[0] / p[0] for c, p in zip(samples[(label, w, q)], samples[(pt, w, q)]))
+                      for w, q in cells]})
+    path = os.path.join(ROOT, "bench", "results", f"io_{kind}_{cores}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
 
 
 def tsc_hz():
@@ -751,6 +772,18 @@ def main():
     with open(a.out, "w") as f:
         f.write(text)
     print(text)
+    draw_charts()
+
+
+def draw_charts():
+    """Redraw bench/charts/*.png from bench/results/ (bench/charts.py) when matplotlib is
+    installed; a failure to draw never fails the benchmark run."""
+    try:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import charts
+        charts.draw_all()
+    except Exception as e:  # noqa: BLE001 - the results are written; the charts are extra
+        print(f"charts not drawn: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":
