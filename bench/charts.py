@@ -149,6 +149,14 @@ def live_migration_chart(csv_path, png):
                 ax.text((t0 + t1) / 2, float(r["iops"]) / 1000, f"{r['errors']} errors", color="red",
                         ha="center", va="bottom", fontsize=7)
             first = False
+    # The read probes while A is down (a separate bdevperf): hydrated regions read, unhydrated fail.
+    for r in rows:
+        if r["kind"] == "probe":
+            failed = int(float(r["errors"] or 0)) > 0
+            ax.plot([float(r["t_sec"])], [0.6], marker="X" if failed else "o", ms=8, ls="none",
+                    color="red" if failed else "green", clip_on=False,
+                    label=("read probe, unhydrated regions: every read an I/O error" if failed
+                           else "read probe, hydrated regions: the source's bytes"))
     pts = [(float(r["t_sec"]), float(r["percent_hydrated"])) for r in rows if _num(r["percent_hydrated"]) is not None]
     pct.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:green", lw=2, marker="o", ms=3,
              label="volume hydrated (%)")
@@ -158,6 +166,7 @@ def live_migration_chart(csv_path, png):
     ax.set_ylim(0, ymax * 1.35)
     ax.set_ylabel("initiator IOPS (thousands)", color="tab:blue")
     ax.set_xlabel("time (s)")
+    ax.set_xlim(left=0)
     events = {EVENT_LABELS[r["phase"]]: float(r["t_sec"]) for r in rows if r["phase"] in EVENT_LABELS}
     for a, b, what in (("A killed", "A restarted", "source (A) down"), ("B stopped", "B restarted", "clone (B) down")):
         if a in events and b in events:
@@ -191,7 +200,7 @@ def io_chart(json_path, png):
     cells = d["cells"]
     n = len(cfgs)
     width = 0.8 / n
-    fig, ax = plt.subplots(figsize=(max(8, 2.2 * len(cells)), 5))
+    fig, ax = plt.subplots(figsize=(max(8, 2.2 * len(cells)), 5.6))
     palette = ["tab:grey", "tab:orange", "tab:blue", "tab:purple", "tab:green", "tab:brown"]
     for i, c in enumerate(cfgs):
         xs = [j + (i - (n - 1) / 2) * width for j in range(len(cells))]
@@ -204,7 +213,8 @@ def io_chart(json_path, png):
     if target:
         ax.axhline(target * 100, color="red", lw=1, ls="--",
                    label=f"target for the hydrated clone: ≥ {target * 100:.0f}%")
-    ax.set_xticks(range(len(cells)), [f"4 KiB random {c}" for c in cells])
+    per = " per core" if d["cores"] > 1 else ""
+    ax.set_xticks(range(len(cells)), [f"4 KiB random {c.replace(' ', chr(10))}{per}" for c in cells])
     ax.set_ylabel("IOPS, % of the passthru vbdev's")
     top = max(r * 100 for c in cfgs for r in c["ratio"])
     ax.set_ylim(0, max(120, top * 1.12))
@@ -212,8 +222,8 @@ def io_chart(json_path, png):
     where = "one core" if d["cores"] == 1 else f"{d['cores']} reactors, one bdevperf job per core"
     ax.set_title(f"I/O path on {d['kind']} bdevs, {where}: IOPS relative to passthru\n"
                  f"median of {d['rounds']} interleaved rounds, {d['secs']} s per cell ({d['date']})", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.95)
-    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, ncol=3, loc="lower center")
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     _save(fig, png)
 
 
