@@ -220,8 +220,10 @@ def io_chart(json_path, png):
     ax.set_ylim(0, max(120, top * 1.12))
     ax.grid(axis="y", alpha=0.3)
     where = "one core" if d["cores"] == 1 else f"{d['cores']} reactors, one bdevperf job per core"
-    ax.set_title(f"I/O path on {d['kind']} bdevs, {where}: IOPS relative to passthru\n"
-                 f"median of {d['rounds']} interleaved rounds, {d['secs']} s per cell ({d['date']})", fontsize=10)
+    mem = f", {d['memory']}" if d.get("memory") else ""
+    ax.set_title(f"I/O path on {d['kind']} bdevs, {where}{mem}: IOPS relative to passthru\n"
+                 f"median of {d['rounds']} interleaved rounds, {d['secs']} s per cell; bench/run.py, {d['date']}",
+                 fontsize=10)
     fig.legend(*ax.get_legend_handles_labels(), fontsize=8, ncol=3, loc="lower center")
     fig.tight_layout(rect=(0, 0.09, 1, 1))
     _save(fig, png)

@@ -271,7 +271,8 @@ def write_io_json(kind, cores, rounds, secs, cells, labels, samples, pt):
     """bench/results/io_<kind>_<cores>.json: the I/O table's data for bench/charts.py
     (median IOPS per configuration and cell, and the ratio to passthru as in the table)."""
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "kind": kind, "cores": cores, "rounds": rounds,
-           "secs": secs, "reference": pt, "cells": [f"{'read' if w == 'randread' else 'write'} QD{q}" for w, q in cells],
+           "secs": secs, "memory": "hugepages" if HUGEPAGES else "--no-huge", "reference": pt,
+           "cells": [f"{'read' if w == 'randread' else 'write'} QD{q}" for w, q in cells],
            "configurations": []}
     for label in labels:
         iops = [sorted(c[0] for c in samples[(label, w, q)]) for w, q in cells]
