@@ -197,29 +197,20 @@ impl CreateParams {
 }
 
 impl CreateParams {
-    /// The run-time settings this create asks for, over `s`: what it leaves
-    /// out stays. (A create of a clone that examine already assembled.)
-    pub fn apply_settings(&self, mut s: Settings) -> Settings {
-        s.hydration_enabled = !self.no_hydration;
-        if let Some(t) = self.hydration_threshold {
-            s.hydration_threshold = t;
+    /// The run-time settings this create asks for, as a set_hydration of
+    /// them: what it leaves out stays. (A create of a clone that examine
+    /// already assembled.)
+    pub fn as_set_hydration(&self) -> SetHydrationParams {
+        SetHydrationParams {
+            name: self.name.clone(),
+            enabled: Some(!self.no_hydration),
+            hydration_threshold: self.hydration_threshold,
+            hydration_batch_size: self.hydration_batch_size,
+            max_bandwidth_mb_sec: self.max_bandwidth_mb_sec,
+            max_bandwidth_busy_mb_sec: self.max_bandwidth_busy_mb_sec,
+            commit_interval_ms: self.commit_interval_ms,
+            hydration_order: self.hydration_order,
         }
-        if let Some(b) = self.hydration_batch_size {
-            s.hydration_batch_size = b;
-        }
-        if let Some(r) = self.max_bandwidth_mb_sec {
-            s.max_bandwidth_mb_sec = r;
-        }
-        if let Some(r) = self.max_bandwidth_busy_mb_sec {
-            s.max_bandwidth_busy_mb_sec = r;
-        }
-        if let Some(ms) = self.commit_interval_ms {
-            s.commit_interval_ms = ms;
-        }
-        if let Some(o) = self.hydration_order {
-            s.hydration_order = o;
-        }
-        s
     }
 }
 

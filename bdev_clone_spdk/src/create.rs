@@ -208,7 +208,7 @@ pub fn create(p: CreateParams, reply: Responder) {
                 "bdev_clone {}: already assembled over these bases; settings applied",
                 p.name
             ));
-            let s = p.apply_settings(c.settings());
+            let s = p.as_set_hydration().apply(c.settings());
             c.set_settings(s);
             return reply.ok(json!(p.name));
         }
