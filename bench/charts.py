@@ -177,8 +177,11 @@ def live_migration_chart(csv_path, png):
         ax.text(x, ymax * 0.02, " " + label, rotation=90, va="bottom", ha="right", fontsize=8)
     check = [r for r in rows if r["kind"] == "check"]
     title = "Live migration over NVMe/TCP with faults (examples/live-migration.sh)"
+    phases = [r for r in rows if r["kind"] == "phase"]
+    errors = sum(int(float(r["errors"] or 0)) for r in phases)
+    title += f"\ninitiator (verify): {errors} errors in {len(phases)} phases"
     if check:
-        title += "\nbyte-for-byte check: " + check[-1]["note"]
+        title += "; byte-for-byte check: " + check[-1]["note"]
     ax.set_title(title, fontsize=10)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = pct.get_legend_handles_labels()

@@ -26,7 +26,11 @@
 # Environment: BDEV_CLONE_TGT (the target app; default: found under $CARGO_TARGET_DIR or target/,
 # else built with cargo --release), PORT_A / PORT_B (default 34420 / 34421), SIZE_MIB (32),
 # RATE_MB (hydration bandwidth until B's restart, 1; unlimited after it), KEEP=1 keeps the work
-# directory.
+# directory (under TMPDIR, default /tmp). SPDK's nvmf_tgt, bdevperf, spdk_dd and spdk-rpc come
+# from PATH. After a successful run the timeline is written as CSV to TIMELINE_CSV (default
+# bench/results/live_migration.csv; empty: none) and drawn by bench/charts.py into TIMELINE_PNG
+# (default bench/charts/live_migration.png; empty: none; needs matplotlib, see
+# bench/requirements.txt).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,6 +43,8 @@ NQN_A=nqn.2026-11.io.bdev-clone:node-a
 NQN_B=nqn.2026-11.io.bdev-clone:node-b
 NS_UUID=6b1c7a52-3c0e-4d55-9a43-0a1b2c3d4e5f
 APP=(--no-pci --no-huge -s 1024 --disable-cpumask-locks)
+TIMELINE_CSV=${TIMELINE_CSV-$here/bench/results/live_migration.csv}
+TIMELINE_PNG=${TIMELINE_PNG-$here/bench/charts/live_migration.png}
 export PYTHONPATH="$here/python${PYTHONPATH:+:$PYTHONPATH}"
 
 find_tgt() {
@@ -55,7 +61,7 @@ for tool in nvmf_tgt bdevperf spdk_dd spdk-rpc jq; do
     command -v "$tool" >/dev/null || { echo "missing $tool in PATH" >&2; exit 2; }
 done
 
-W=$(mktemp -d /tmp/live-migration.XXXXXX)
+W=$(mktemp -d "${TMPDIR:-/tmp}/live-migration.XXXXXX")
 declare -A PID=()
 cleanup() {
     local n
@@ -97,11 +103,21 @@ stop() { # SIGTERM (clean shutdown) or SIGKILL, and wait
     unset "PID[$n]"
 }
 
-# One timeline line: time, phase, hydration %, C's IOPS and errors of the phase, a note.
+# One timeline line: time, phase, hydration %, C's IOPS and errors of the phase, a note; and
+# the same as a CSV row in $W/timeline.csv, with the row's kind ($6: "probe", "check"; else
+# "phase" for a line with C's IOPS, whose phase began at $PHASE_START, or "event").
+csv_field() { local v=${1//\"/\"\"}; printf '"%s"' "$v"; }
 line() {
-    local pct=$2
+    local pct=$2 t kind=${6:-} start=""
+    t=$(now)
     [[ $pct == [0-9]* ]] && pct="$pct%"
-    printf '%ss  %-22s %7s  %8s  %6s  %s\n' "$(now)" "$1" "$pct" "$3" "$4" "$5"
+    printf '%ss  %-22s %7s  %8s  %6s  %s\n' "$t" "$1" "$pct" "$3" "$4" "$5"
+    if [[ -z $kind ]]; then
+        if [[ $3 == [0-9]* ]]; then kind=phase; start=${PHASE_START// /}; else kind=event; fi
+    fi
+    num() { if [[ $1 == [0-9]* ]]; then echo "${1%\%}"; fi; }
+    printf '%s,%s,%s,%s,%s,%s,%s,%s\n' "${t// /}" "$start" "$(csv_field "$1")" "$kind" "$(num "$2")" \
+        "$(num "$3")" "$(num "$4")" "$(csv_field "$5")" >>"$W/timeline.csv"
 }
 header() { printf '%7s  %-22s %7s  %8s  %6s  %s\n' time phase hydrated iops errors note; }
 
@@ -134,6 +150,7 @@ PY
 # A C phase: bdevperf verify for PHASE_SEC seconds; sets IOPS and ERRS.
 phase() {
     local out
+    PHASE_START=$(now)
     out=$(perform_tests "$W/c.sock" 120 2>&1) || die "perform_tests: $out"
     IOPS=$(jq -r '[.results[].iops] | add | floor' <<<"$out")
     ERRS=$(jq -r '[.results[].io_failed] | add' <<<"$out")
@@ -227,6 +244,7 @@ attach_b Probe "$W/dd.json" ""
 
 echo "live migration of a ${SIZE_MIB} MiB volume: A 127.0.0.1:$PORT_A -> B 127.0.0.1:$PORT_B (work: $W)"
 header
+echo "t_sec,t_start_sec,phase,kind,percent_hydrated,iops,errors,note" >"$W/timeline.csv"
 
 # ---------------------------------------------------------------- A, B, C
 start a nvmf_tgt "${APP[@]}" -m 0x2 -c "$W/a.json"
@@ -273,8 +291,8 @@ probe $((C_REGIONS + 1)) "$W/probe_hydrated" || die "spdk_dd of a hydrated regio
 cmp -s "$W/probe_hydrated" <(region_of_src $((C_REGIONS + 1))) || die "hydrated region read wrong data"
 errors=$(field hydration_errors)
 stalled=$(field regions_hydrated)
-line "A down: read probe" "$(field percent)" "$h_iops" "$h_fail" "hydrated regions: source bytes, no errors"
-line "A down: read probe" "$(field percent)" "$u_iops" "$u_fail" "unhydrated regions: every read an I/O error ($errors copy errors)"
+line "A down: read probe" "$(field percent)" "$h_iops" "$h_fail" "hydrated regions: source bytes, no errors" probe
+line "A down: read probe" "$(field percent)" "$u_iops" "$u_fail" "unhydrated regions: every read an I/O error ($errors copy errors)" probe
 ((stalled <= hydrated + 32)) || die "hydration progressed without a source ($hydrated -> $stalled)"
 
 # ---------------------------------------------------------------- A comes back
@@ -339,5 +357,14 @@ cmp -s <(tail -c +$((c_bytes + 1)) "$W/dst.img") <(tail -c +$((c_bytes + 1)) "$W
 if cmp -s <(head -c "$c_bytes" "$W/dst.img") <(head -c "$c_bytes" "$W/src.img"); then
     die "C's range equals the source: C wrote nothing?"
 fi
-line "check" 100 - - "dst == clone read; dst == source outside C's $((c_bytes >> 20)) MiB: OK"
+line "check" 100 - - "dst == clone read; dst == source outside C's $((c_bytes >> 20)) MiB: OK" check
+if [[ -n $TIMELINE_CSV ]]; then
+    mkdir -p "$(dirname "$TIMELINE_CSV")"
+    cp "$W/timeline.csv" "$TIMELINE_CSV"
+    echo "timeline: $TIMELINE_CSV"
+    if [[ -n $TIMELINE_PNG ]]; then
+        python3 "$here/bench/charts.py" --live-migration "$TIMELINE_CSV" "$TIMELINE_PNG" ||
+            echo "timeline chart not drawn (python3 -m pip install -r bench/requirements.txt)"
+    fi
+fi
 echo "PASS"
