@@ -239,8 +239,13 @@ fn soak() {
             }
             _ => {
                 // 2: bad RPC calls, refused, the target stays up.
+                // (A create of an existing clone over the same bases is
+                // accepted: examine may have assembled it before a config's
+                // create. Over other bases it is refused.)
+                let mut taken = clone_params(i);
+                taken["destination_bdev"] = json!(format!("dst{}", (i + 1) % 3));
                 let bad = [
-                    ("bdev_clone_create", clone_params(i)),
+                    ("bdev_clone_create", taken),
                     (
                         "bdev_clone_create",
                         json!({"name": "x", "source_bdev": "src0",
