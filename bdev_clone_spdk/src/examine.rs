@@ -220,11 +220,6 @@ pub(crate) fn wait(p: CreateParams, reply: Responder) {
     reply.ok(json!(p.name))
 }
 
-/// `bdev_clone_delete` of a waiting clone.
-pub(crate) fn delete_waiting(name: &str) -> bool {
-    take_waiting(name).is_some()
-}
-
 /// Module fini: no hold outlives the module.
 pub(crate) fn release_all() {
     WAITING.lock().unwrap().clear();

@@ -61,7 +61,8 @@ fn dispatch(method: c_int, params: Option<Value>, reply: Responder) {
         }
         Some(Method::Delete) => {
             let p: NameParams = decode(params).map_err(|m| (EINVAL, m))?;
-            if examine::delete_waiting(&p.name) {
+            // A waiting clone is forgotten (its hold released).
+            if examine::take_waiting(&p.name).is_some() {
                 return Ok(Some(json!(true)));
             }
             let c = module::find_clone(&p.name).ok_or_else(|| no_clone(&p.name))?;

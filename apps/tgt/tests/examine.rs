@@ -47,32 +47,13 @@ fn clones(t: &Tgt) -> Vec<Value> {
         .clone()
 }
 
-fn listen(port: &str) -> Value {
-    json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port})
-}
-
 /// Exports the clone `c0` over NVMe/TCP on `port` (subsystem created when
 /// `fresh`).
 fn export(t: &Tgt, port: &str, fresh: bool) {
     if fresh {
-        t.call("nvmf_create_transport", Some(json!({"trtype": "TCP"})))
-            .unwrap();
-        t.call(
-            "nvmf_create_subsystem",
-            Some(json!({"nqn": NQN, "allow_any_host": true, "serial_number": "EXAMINE0000000001"})),
-        )
-        .unwrap();
-        t.call(
-            "nvmf_subsystem_add_listener",
-            Some(json!({"nqn": NQN, "listen_address": listen(port)})),
-        )
-        .unwrap();
+        nvmf_tcp_subsystem(t, NQN, "EXAMINE0000000001", port);
     }
-    t.call(
-        "nvmf_subsystem_add_ns",
-        Some(json!({"nqn": NQN, "namespace": {"bdev_name": "c0"}})),
-    )
-    .unwrap();
+    nvmf_add_ns(t, NQN, "c0");
 }
 
 /// A host's config: the export attached as controller `name` (bdev `{name}n1`).

@@ -29,10 +29,6 @@ const REGIONS: u64 = (SIZE / REGION) as u64;
 const C_BYTES: usize = SIZE / 8;
 const C_REGIONS: u64 = REGIONS / 8;
 
-fn listen(port: &str) -> Value {
-    json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port})
-}
-
 /// A's whole config: the source volume and its NVMe/TCP export.
 fn a_config(src: &Path, port: &str) -> Value {
     json!({"subsystems": [
@@ -46,7 +42,7 @@ fn a_config(src: &Path, port: &str) -> Value {
             {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN_A,
                 "namespace": {"bdev_name": "vol", "uuid": NS_UUID}}},
             {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN_A,
-                "listen_address": listen(port)}}]}]})
+                "listen_address": tcp_listen(port)}}]}]})
 }
 
 fn start_a(dir: &Path, name: &str, port: &str) -> Tgt {
@@ -182,23 +178,8 @@ fn live_migration_over_nvme_tcp_with_faults() {
         ),
     )
     .unwrap();
-    b.call("nvmf_create_transport", Some(json!({"trtype": "TCP"})))
-        .unwrap();
-    b.call(
-        "nvmf_create_subsystem",
-        Some(json!({"nqn": NQN_B, "allow_any_host": true, "serial_number": "CLONE000000000001"})),
-    )
-    .unwrap();
-    b.call(
-        "nvmf_subsystem_add_ns",
-        Some(json!({"nqn": NQN_B, "namespace": {"bdev_name": "vol"}})),
-    )
-    .unwrap();
-    b.call(
-        "nvmf_subsystem_add_listener",
-        Some(json!({"nqn": NQN_B, "listen_address": listen(&port_b)})),
-    )
-    .unwrap();
+    nvmf_tcp_subsystem(&b, NQN_B, "CLONE000000000001", &port_b);
+    nvmf_add_ns(&b, NQN_B, "vol");
     let split = json!({"method": "bdev_split_create",
         "params": {"base_bdev": "Clonen1", "split_count": 8}});
     write_json(

@@ -335,6 +335,40 @@ pub fn spdk_dd(conf: &Path, args: &[&str]) -> String {
     text
 }
 
+/// An NVMe/TCP listen address on 127.0.0.1.
+pub fn tcp_listen(port: &str) -> Value {
+    serde_json::json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port})
+}
+
+/// An NVMe/TCP transport and subsystem `nqn` (any host) listening on `port`
+/// of 127.0.0.1, no namespace yet.
+pub fn nvmf_tcp_subsystem(t: &Tgt, nqn: &str, serial: &str, port: &str) {
+    t.call(
+        "nvmf_create_transport",
+        Some(serde_json::json!({"trtype": "TCP"})),
+    )
+    .unwrap();
+    t.call(
+        "nvmf_create_subsystem",
+        Some(serde_json::json!({"nqn": nqn, "allow_any_host": true, "serial_number": serial})),
+    )
+    .unwrap();
+    t.call(
+        "nvmf_subsystem_add_listener",
+        Some(serde_json::json!({"nqn": nqn, "listen_address": tcp_listen(port)})),
+    )
+    .unwrap();
+}
+
+/// Exports `bdev` as a namespace of subsystem `nqn`.
+pub fn nvmf_add_ns(t: &Tgt, nqn: &str, bdev: &str) {
+    t.call(
+        "nvmf_subsystem_add_ns",
+        Some(serde_json::json!({"nqn": nqn, "namespace": {"bdev_name": bdev}})),
+    )
+    .unwrap();
+}
+
 /// One JSON-RPC call on a socket, waiting up to `secs` for the answer.
 pub fn call_sock(
     sock: &Path,
